@@ -1,0 +1,155 @@
+"""Command line: `train_distill.py --teacher T.pt --student S.pt --loss mgd --data data.yaml ...`.
+
+Any other Ultralytics train argument passes through as `--lr0 0.001`, `--lr0=0.001` or `lr0=0.001`.
+With no `--data`, runs the embedded demo on synthetic data (and trains/caches a teacher if none is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill.config import CORE_KEYS
+from distill.losses import available_losses, get_loss_class
+
+# CLI flag -> train argument, for the options whose names differ
+RENAMED = {"teacher": "Distillation", "loss": "loss_type", "student": None}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="train_distill.py",
+        description="Distil a YOLO student from a YOLO teacher with Ultralytics. Any other Ultralytics train "
+        "argument passes through: --lr0 0.001, --lr0=0.001 or lr0=0.001.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    g = p.add_argument_group("models and data")
+    g.add_argument("--teacher", help="teacher .pt or .yaml (default without --data: a cached yolov8s trained on the demo data)")
+    g.add_argument("--student", default=None, help="student .pt or .yaml (default: yolov8n.yaml)")
+    g.add_argument("--data", help="dataset YAML (default: the embedded synthetic dataset)")
+    g.add_argument("--config", help="YAML preset of train/distillation arguments (see configs/); flags override it")
+    g.add_argument("--epochs", type=int, help="epochs (default: Ultralytics', or 20 for the demo)")
+    g.add_argument("--imgsz", type=int, help="image size (default: Ultralytics', or 128 for the demo)")
+    g.add_argument("--batch", type=_batch, help="batch size, -1 or a memory fraction like 0.7 for AutoBatch (default: Ultralytics', or 16 for the demo)")
+    g.add_argument("--device", help="device, e.g. cpu, 0, 0,1")
+    g.add_argument("--resume", help="path to last.pt of an interrupted distillation run")
+    d = p.add_argument_group("distillation")
+    d.add_argument("--loss", default=CORE_KEYS["loss_type"][0], help=f"loss name(s), '+'-joined; registered: {', '.join(available_losses())}")
+    for key in ("distill_weight", "distill_schedule", "distill_final", "distill_layers", "distill_teacher_layers"):
+        default, text = CORE_KEYS[key]
+        d.add_argument("--" + key.replace("_", "-"), default=default, help=text)
+    for name in available_losses():
+        group = p.add_argument_group(f"loss '{name}'")
+        for param, (default, text) in get_loss_class(name).params.items():
+            group.add_argument(f"--{name}-{param}".replace("_", "-"), dest=f"{name}_{param}", type=float, default=default, help=text)
+    return p
+
+
+def _batch(text: str) -> int | float:
+    value = float(text)
+    return int(value) if value.is_integer() else value
+
+
+def parse_extra(tokens: list[str]) -> dict[str, Any]:
+    """['--lr0', '0.001', 'cos_lr=True', '--close-mosaic=0'] -> {'lr0': 0.001, 'cos_lr': True, 'close_mosaic': 0}."""
+    from ultralytics.cfg import smart_value
+
+    out, i = {}, 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if tok.startswith("--"):
+            key, eq, value = tok[2:].partition("=")
+            if not eq:
+                if i + 1 < len(tokens) and not tokens[i + 1].startswith("--") and "=" not in tokens[i + 1]:
+                    value, i = tokens[i + 1], i + 1
+                else:
+                    value = "True"  # bare flag, e.g. --cos-lr
+        elif "=" in tok:
+            key, _, value = tok.partition("=")
+        else:
+            raise SystemExit(f"train_distill.py: cannot read argument {tok!r}; use --key value or key=value.")
+        out[key.replace("-", "_")] = smart_value(value)
+        i += 1
+    return out
+
+
+def train_args(ns: argparse.Namespace, extra: dict[str, Any], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """Train kwargs: preset < flags the user typed < passthrough arguments."""
+    args: dict[str, Any] = {}
+    if ns.config:
+        args.update(yaml.safe_load(Path(ns.config).read_text()) or {})
+    defaults = vars(parser.parse_args([]))
+    for key, value in vars(ns).items():
+        if key in {"config", "student", "teacher", "data", "resume"} or value is None:
+            continue
+        if key in args and value == defaults.get(key):
+            continue  # the preset wins over an untouched default
+        args[RENAMED.get(key) or key] = value
+    if "loss" in args:
+        args["loss_type"] = args.pop("loss")
+    if ns.data:
+        args["data"] = ns.data
+    args.update(extra)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    ns, rest = parser.parse_known_args(argv)
+    extra = parse_extra(rest)
+    try:
+        return run(ns, train_args(ns, extra, parser))
+    except (ValueError, FileNotFoundError, TypeError, SyntaxError) as e:
+        print(f"train_distill.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
+    from distill.demo import DEMO_STUDENT, DEMO_TEACHER, DEMO_TEACHER_EPOCHS, DEMO_TRAIN, cached_teacher, demo_data
+    from distill.model import YOLO
+
+    if ns.resume:
+        model = YOLO(ns.resume)
+        model.train(resume=True, **{k: v for k, v in args.items() if k in {"device", "batch", "workers"}})
+        return report(model, None, args)
+    demo = "data" not in args
+    if demo:
+        args["data"] = str(demo_data())
+        for key, value in DEMO_TRAIN.items():
+            args.setdefault(key, value)
+    teacher = ns.teacher
+    if teacher is None:
+        if not demo:
+            raise ValueError("--teacher is required with --data (the default teacher exists only for the synthetic demo).")
+        print(f"Preparing the demo teacher ({DEMO_TEACHER}, trained once on the synthetic data, then cached)...")
+        teacher = str(
+            cached_teacher(DEMO_TEACHER, args["data"], DEMO_TEACHER_EPOCHS, int(args["imgsz"]), device=args.get("device"))
+        )
+    student = YOLO(ns.student or DEMO_STUDENT)
+    args["Distillation"] = teacher
+    student.train(**args)
+    return report(student, teacher, args)
+
+
+def report(student: Any, teacher: str | None, args: dict[str, Any]) -> int:
+    """Print teacher and student mAP50-95 and where the student checkpoint is."""
+    from ultralytics import YOLO as PlainYOLO
+
+    best = Path(student.trainer.best if student.trainer.best.exists() else student.trainer.last)
+    s_map = float(student.metrics.box.map) if getattr(student, "metrics", None) is not None else float("nan")
+    lines = ["", "Distillation finished."]
+    if teacher is not None:
+        t0 = time.time()
+        metrics = PlainYOLO(teacher).val(
+            data=args["data"], imgsz=student.trainer.args.imgsz, batch=student.trainer.args.batch,
+            device=student.trainer.args.device, plots=False, verbose=False, project=str(best.parent.parent), name="teacher_val",
+        )
+        lines.append(f"  teacher mAP50-95: {metrics.box.map:.4f}  ({teacher}, validated in {time.time() - t0:.1f}s)")
+    lines += [f"  student mAP50-95: {s_map:.4f}", f"  student checkpoint: {best}"]
+    print("\n".join(lines))
+    return 0

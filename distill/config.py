@@ -1,0 +1,111 @@
+"""Distillation settings: Ultralytics train arguments of our own, registered as defaults.
+
+Ultralytics validates every train argument against `DEFAULT_CFG_DICT` and rebuilds trainers
+(resume, DDP workers, validators) from `vars(args)` alone. Registering our keys there makes them
+ordinary arguments: they survive `args.yaml`, checkpoints, resume and DDP, and a typo still
+gets Ultralytics' "did you mean" error.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
+
+# Marker stored in args while an in-memory teacher waits to be written into the run folder.
+IN_MEMORY_TEACHER = "<in-memory teacher>"
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+# key: (default, help)
+CORE_KEYS: dict[str, tuple[Any, str]] = {
+    "Distillation": (None, "teacher: .pt checkpoint, model .yaml, YOLO object or nn.Module"),
+    "loss_type": ("cwd", "distillation loss name(s) from the registry, '+'-joined, e.g. 'cwd+kl'"),
+    "distill_weight": (1.0, "global multiplier on every distillation term"),
+    "distill_schedule": ("constant", f"epoch-level weight schedule: {', '.join(SCHEDULES)}"),
+    "distill_final": (0.1, "weight ratio reached at the last epoch by 'linear' and 'cosine'"),
+    "distill_layers": (None, "student layer indices to distil, e.g. '15,18,21' (default: the Detect head inputs)"),
+    "distill_teacher_layers": (None, "teacher layer indices paired with distill_layers (default: its Detect inputs)"),
+}
+
+
+def register_key(key: str, default: Any) -> None:
+    """Make `key` a valid Ultralytics train argument with `default` (idempotent)."""
+    if key not in DEFAULT_CFG_DICT:
+        DEFAULT_CFG_DICT[key] = default
+        setattr(DEFAULT_CFG, key, default)
+
+
+for _key, (_default, _help) in CORE_KEYS.items():
+    register_key(_key, _default)
+
+
+def parse_layers(value: Any) -> list[int] | None:
+    """'15,18,21' | [15, 18, 21] | None -> list of ints or None."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, str):
+        value = [v for v in value.replace("[", "").replace("]", "").split(",") if v.strip()]
+    try:
+        return [int(v) for v in value]
+    except (TypeError, ValueError):
+        raise ValueError(f"distill layers must be integers like '15,18,21', got {value!r}.") from None
+
+
+@dataclass
+class DistillSettings:
+    """Validated distillation options read from a trainer's args."""
+
+    teacher: Any
+    losses: list[str]
+    loss_params: dict[str, dict[str, float]] = field(default_factory=dict)
+    weight: float = 1.0
+    schedule: str = "constant"
+    final: float = 0.1
+    student_layers: list[int] | None = None
+    teacher_layers: list[int] | None = None
+
+    @classmethod
+    def from_args(cls, args: Any) -> "DistillSettings":
+        """Read and validate settings from an Ultralytics args namespace; raises ValueError with a fix."""
+        from distill.losses import get_loss_class, parse_loss_spec
+
+        get = (lambda k: args.get(k)) if isinstance(args, dict) else (lambda k: getattr(args, k, None))
+        losses = parse_loss_spec(get("loss_type") or CORE_KEYS["loss_type"][0])
+        params = {name: get_loss_class(name).read_params(get) for name in losses}
+        weight = _number(get("distill_weight"), "distill_weight", CORE_KEYS["distill_weight"][0])
+        if weight < 0:
+            raise ValueError(f"distill_weight must be >= 0, got {weight}.")
+        schedule = str(get("distill_schedule") or "constant").lower()
+        if schedule not in SCHEDULES:
+            raise ValueError(f"distill_schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}.")
+        final = _number(get("distill_final"), "distill_final", CORE_KEYS["distill_final"][0])
+        if not 0 <= final <= 1:
+            raise ValueError(f"distill_final must be in [0, 1], got {final}.")
+        s_layers, t_layers = parse_layers(get("distill_layers")), parse_layers(get("distill_teacher_layers"))
+        return cls(get("Distillation"), losses, params, weight, schedule, final, s_layers, t_layers)
+
+    def factor(self, epoch: int, epochs: int) -> float:
+        """Schedule multiplier for 0-based `epoch` of `epochs`: 1 at the start, `final` at the last epoch."""
+        if self.schedule == "constant" or epochs <= 1:
+            return 1.0
+        p = min(max(epoch / (epochs - 1), 0.0), 1.0)
+        if self.schedule == "linear":
+            return 1.0 - (1.0 - self.final) * p
+        return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def _number(value: Any, name: str, default: float) -> float:
+    if value is None:
+        return float(default)
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}.") from None
+    if not math.isfinite(out):
+        raise ValueError(f"{name} must be finite, got {value!r}.")
+    return out

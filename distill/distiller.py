@@ -1,0 +1,177 @@
+"""The distillation step: teacher forward, captured features, connectors, losses, weighted sum.
+
+Data flow per training batch:
+  trainer.preprocess_batch -> Distiller.before_forward (teacher forward, arm student hooks)
+  student forward (Ultralytics)           -> hooks record the student's maps
+  student.criterion = DistillationCriterion -> detection loss + Distiller.terms()
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from ultralytics.utils import LOGGER
+
+from distill.config import DistillSettings
+from distill.connectors import align, build_connectors
+from distill.features import FeatureRecorder, probe_shapes, resolve_layers
+from distill.losses import build_loss
+
+MODULES_ATTR = "distill_modules"  # student attribute holding connectors and loss-owned layers
+
+
+def head_outputs(preds: Any) -> dict[str, torch.Tensor]:
+    """The raw head dict (`boxes`, `scores`, `feats`) from train- or eval-mode Detect output;
+    end-to-end heads (YOLO26) give their dense one-to-many branch."""
+    out = preds[1] if isinstance(preds, (tuple, list)) else preds
+    return out.get("one2many", out)
+
+
+class Distiller:
+    """Owns the frozen teacher, the hooks and the losses; the trainable parts live in the student."""
+
+    def __init__(self, teacher: nn.Module, settings: DistillSettings) -> None:
+        self.teacher = teacher
+        self.settings = settings
+        self.losses = {name: build_loss(name, settings.loss_params.get(name)) for name in settings.losses}
+        self.needs_features = any(loss.kind == "feature" for loss in self.losses.values())
+        self.needs_logits = any(loss.kind == "logit" for loss in self.losses.values())
+        self.student_layers: list[int] = []
+        self.teacher_layers: list[int] = []
+        # Without a logit loss the teacher's head is never needed: stop its forward at the last hooked layer.
+        self._teacher_rec = FeatureRecorder(stop_when_complete=not self.needs_logits)
+        self._student_rec = FeatureRecorder()
+        self._teacher_out: tuple[list[torch.Tensor], dict | None] | None = None
+        self._student: nn.Module | None = None
+        self.factor = 1.0
+
+    # ---- set-up -------------------------------------------------------------------------------------------------
+    def attach(self, student: nn.Module, weights: nn.Module | None = None) -> None:
+        """Resolve layers, probe shapes, check compatibility, and add trainable modules to `student`
+        (restored from `weights` when it carries them, i.e. on resume)."""
+        s = self.settings
+        self.student_layers = resolve_layers(student, s.student_layers, "student")
+        self.teacher_layers = resolve_layers(self.teacher, s.teacher_layers or s.student_layers, "teacher")
+        if len(self.student_layers) != len(self.teacher_layers):
+            raise ValueError(
+                f"student and teacher distil different numbers of levels: student layers {self.student_layers} "
+                f"vs teacher layers {self.teacher_layers}. Models with different detection levels (e.g. P2 vs P3-P5) "
+                "need explicit distill_layers and distill_teacher_layers of equal length."
+            )
+        if self.needs_logits:
+            self._check_heads(student)
+        if not self.needs_features:
+            return
+        s_shapes = probe_shapes(student, self.student_layers)
+        t_shapes = probe_shapes(self.teacher, self.teacher_layers)
+        t_channels = [c for c, _, _ in t_shapes]
+        modules = nn.ModuleDict({"connectors": build_connectors([c for c, _, _ in s_shapes], t_channels)})
+        for name, loss in self.losses.items():
+            if (extra := loss.build(t_channels)) is not None:
+                modules[name] = extra
+        if weights is not None and isinstance(getattr(weights, MODULES_ATTR, None), nn.ModuleDict):
+            modules.load_state_dict(getattr(weights, MODULES_ATTR).float().state_dict())
+        setattr(student, MODULES_ATTR, modules.to(next(student.parameters()).device))
+        LOGGER.info(
+            f"Distillation: losses {'+'.join(self.losses)}, student layers {self.student_layers} "
+            f"{[c for c, _, _ in s_shapes]} -> teacher layers {self.teacher_layers} {t_channels}"
+        )
+
+    def _check_heads(self, student: nn.Module) -> None:
+        sh, th = student.model[-1], self.teacher.model[-1]
+        if sh.nc != th.nc:
+            raise ValueError(
+                f"logit distillation needs the same classes, but the student has {sh.nc} and the teacher {th.nc}. "
+                "Use a teacher trained on this dataset, or a feature loss (cwd, mgd, mimic)."
+            )
+        if list(student.stride) != list(self.teacher.stride):
+            raise ValueError(
+                f"logit distillation needs the same head strides: student {student.stride.tolist()}, "
+                f"teacher {self.teacher.stride.tolist()}."
+            )
+        if sh.reg_max != th.reg_max:
+            LOGGER.warning(
+                f"Distillation: student reg_max {sh.reg_max} != teacher reg_max {th.reg_max}; "
+                "box distributions cannot be compared, only class scores are distilled."
+            )
+
+    # ---- per step -----------------------------------------------------------------------------------------------
+    def before_forward(self, student: nn.Module, img: torch.Tensor, epoch: int, epochs: int) -> None:
+        """Run the teacher on `img` (no graph), arm the student's hooks, make sure the criterion distils."""
+        if not isinstance(getattr(student, "criterion", None), DistillationCriterion):
+            student.criterion = DistillationCriterion(getattr(student, "criterion", None) or student.init_criterion(), self)
+        self.factor = self.settings.factor(epoch, epochs)
+        with torch.no_grad(), self._teacher_rec.armed([self.teacher.model[i] for i in self.teacher_layers]):
+            out = self._teacher_rec.run(self.teacher, img)
+            t_feats = self._teacher_rec.take()
+        self._teacher_out = (t_feats, head_outputs(out) if self.needs_logits else None)
+        self._student = student
+        self._student_rec.arm([student.model[i] for i in self.student_layers])
+
+    def release(self) -> None:
+        """Drop hooks and teacher outputs (after a failed step, or before the model is copied)."""
+        self._student_rec.disarm()
+        self._teacher_out = None
+
+    @property
+    def pending(self) -> bool:
+        """True between before_forward and terms(): a training step is in flight."""
+        return self._teacher_out is not None
+
+    def terms(self, preds: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted distillation terms, shape (n_losses,), per image (not yet scaled by batch size), fp32."""
+        s_feats = self._student_rec.take()
+        t_feats, t_head = self._teacher_out
+        self._teacher_out = None
+        device = s_feats[0].device
+        values, items = [], {}
+        with torch.autocast(device.type, enabled=False):  # losses in fp32 whatever the AMP setting
+            if self.needs_features:
+                modules = getattr(self._student, MODULES_ATTR)
+                t32 = [t.float() for t in t_feats]
+                aligned = [align(c, s.float(), t.shape[-2:]) for c, s, t in zip(modules["connectors"], s_feats, t32)]
+            for name, loss in self.losses.items():
+                if loss.kind == "feature":
+                    value = loss(aligned, t32, modules[name] if name in modules else None)
+                else:
+                    value = loss(head_outputs(preds), t_head)
+                value = value * (loss.weight * self.settings.weight * self.factor)
+                values.append(value)
+                items[f"{name}_loss"] = value.detach()
+        return torch.stack(values), items
+
+
+class DistillationCriterion:
+    """Wraps the student's detection criterion: returns detection + distillation terms and items.
+
+    Ultralytics scales its detection loss by batch size (`loss * B`); the distillation terms get the
+    same scale so their weight does not drift with the batch size.
+    """
+
+    def __init__(self, detection: Any, distiller: Distiller) -> None:
+        self.detection = detection
+        self.distiller = distiller
+
+    def __call__(self, preds: Any, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss, items = self.detection(preds, batch)
+        if not self.distiller.pending:  # e.g. a loss evaluated outside a training step
+            return loss, items
+        terms, extra = self.distiller.terms(preds)
+        return torch.cat([loss.float(), terms * batch["img"].shape[0]]), {**items, **extra}
+
+    def update(self) -> None:
+        """Epoch-end hook of end-to-end criteria (YOLO26), forwarded."""
+        if hasattr(self.detection, "update"):
+            self.detection.update()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in {"detection", "distiller", "__setstate__"}:
+            raise AttributeError(name)
+        return getattr(self.detection, name)
+
+    def __deepcopy__(self, memo: dict) -> None:
+        # Copies of the student (EMA, NaN recovery, checkpoints) must not drag the teacher along;
+        # they rebuild a plain detection criterion on first use.
+        return None

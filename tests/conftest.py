@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny synthetic dataset and a teacher checkpoint the tests train themselves."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import distill  # noqa: E402,F401  (offline defaults before ultralytics loads)
+from distill.synthetic import SyntheticSpec, synthetic_dataset  # noqa: E402
+
+TINY = SyntheticSpec(n_train=16, n_val=8, imgsz=96, seed=1, max_objects=6)
+TRAIN = dict(epochs=1, imgsz=64, batch=8, workers=0, plots=False, seed=0, exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def data_yaml(tmp_path_factory) -> str:
+    return str(synthetic_dataset(TINY, root=tmp_path_factory.mktemp("data")))
+
+
+@pytest.fixture(scope="session")
+def teacher_pt(tmp_path_factory, data_yaml) -> str:
+    """A yolov8s checkpoint trained for one epoch on the tiny data (same classes as the student)."""
+    from ultralytics import YOLO
+
+    project = tmp_path_factory.mktemp("teacher")
+    model = YOLO("yolov8s.yaml")
+    model.train(data=data_yaml, project=str(project), name="t", **TRAIN)
+    return str(project / "t" / "weights" / "last.pt")
+
+
+@pytest.fixture()
+def project(tmp_path) -> str:
+    return str(tmp_path / "runs")

@@ -1,0 +1,101 @@
+"""Public entry points end to end: the Python API and the CLI, and what they leave on disk."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, TRAIN
+from distill import YOLO
+from distill.cli import parse_extra
+
+CLEAN_LOAD = r"""
+import sys
+sys.modules["distill"] = None  # any pickled reference to our package would fail to import
+import numpy as np, torch
+from ultralytics import YOLO
+path = sys.argv[1]
+globals_needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+assert not [g for g in globals_needed if "distill" in g.split(".")[0]], globals_needed
+model = YOLO(path)
+assert not hasattr(model.model, "distill_modules")
+model.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, verbose=False)
+out = model.export(format="torchscript", imgsz=64)
+print("EXPORTED", out)
+"""
+
+
+def test_python_api_with_in_memory_teacher(data_yaml, teacher_pt, project):
+    model_t = YOLO(teacher_pt)
+    model_s = YOLO("yolov8n.yaml")
+    model_s.train(data=data_yaml, Distillation=model_t.model, loss_type="cwd", project=project, name="api", **TRAIN)
+    run = Path(model_s.trainer.save_dir)
+    # the in-memory teacher was given a path so DDP workers and resume can rebuild it
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert args["Distillation"] == str(run / "teacher.pt") and (run / "teacher.pt").exists()
+    best = run / "weights" / "best.pt"
+    ckpt = torch.load(best, map_location="cpu", weights_only=False)
+    assert ckpt["distill"]["losses"] == ["cwd"] and ckpt["distill"]["student_layers"] == [15, 18, 21]
+    assert not hasattr(ckpt["model"], "distill_modules")
+    done = subprocess.run([sys.executable, "-c", CLEAN_LOAD, str(best)], capture_output=True, text=True, cwd=run)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "EXPORTED" in done.stdout
+
+
+def test_cli_end_to_end(data_yaml, teacher_pt, project):
+    cmd = [
+        sys.executable, str(ROOT / "train_distill.py"), "--teacher", teacher_pt, "--student", "yolov8n.yaml",
+        "--loss", "mgd", "--data", data_yaml, "--epochs", "1", "--imgsz", "64", "--batch", "8", "--device", "cpu",
+        "--mgd-alpha", "4e-5", "--lr0", "0.002", "warmup_epochs=0", "--project", project, "--name", "cli",
+        "workers=0", "plots=False",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "teacher mAP50-95:" in done.stdout and "student mAP50-95:" in done.stdout
+    run = Path(project) / "cli"
+    assert (run / "weights" / "best.pt").exists()
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert (args["lr0"], args["warmup_epochs"], args["mgd_alpha"], args["loss_type"]) == (0.002, 0, 4e-5, "mgd")
+    header = (run / "results.csv").read_text().splitlines()[0]
+    assert "train/mgd_loss" in header
+
+
+def test_cli_errors_are_one_line(data_yaml, project):
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "train_distill.py"), "--teacher", "missing.pt", "--data", data_yaml,
+         "--loss", "cwd", "--project", project],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert done.returncode == 2
+    assert "teacher checkpoint 'missing.pt' does not exist" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not Path(project).exists()  # nothing half-written
+
+
+def test_cli_help_lists_every_distillation_option():
+    done = subprocess.run([sys.executable, str(ROOT / "train_distill.py"), "--help"], capture_output=True, text=True)
+    assert done.returncode == 0
+    for flag in ("--teacher", "--student", "--loss", "--distill-weight", "--distill-schedule", "--distill-layers",
+                 "--cwd-tau", "--mgd-alpha", "--mgd-mask-ratio", "--kl-temperature", "--mimic-weight"):
+        assert flag in done.stdout
+
+
+def test_passthrough_argument_forms():
+    assert parse_extra(["--lr0", "0.001", "cos_lr=True", "--close-mosaic=0", "--rect"]) == {
+        "lr0": 0.001, "cos_lr": True, "close_mosaic": 0, "rect": True,
+    }
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_presets_are_valid_arguments(preset):
+    from ultralytics.cfg import get_cfg
+
+    from distill.config import DistillSettings
+
+    args = yaml.safe_load(preset.read_text())
+    DistillSettings.from_args(get_cfg(overrides=args))
