@@ -33,11 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--student", default=None, help="student .pt or .yaml (default: yolov8n.yaml)")
     g.add_argument("--data", help="dataset YAML (default: the embedded synthetic dataset)")
     g.add_argument("--config", help="YAML preset of train/distillation arguments (see configs/); flags override it")
-    g.add_argument("--epochs", type=int, help="epochs (default: Ultralytics', or 20 for the demo)")
+    g.add_argument("--epochs", type=int, help="epochs (default: Ultralytics', or 30 for the demo)")
     g.add_argument("--imgsz", type=int, help="image size (default: Ultralytics', or 128 for the demo)")
     g.add_argument("--batch", type=_batch, help="batch size, -1 or a memory fraction like 0.7 for AutoBatch (default: Ultralytics', or 16 for the demo)")
     g.add_argument("--device", help="device, e.g. cpu, 0, 0,1")
     g.add_argument("--resume", help="path to last.pt of an interrupted distillation run")
+    g.add_argument("--project", default=str(Path.cwd() / "runs" / "distill"), help="folder for runs")
     d = p.add_argument_group("distillation")
     d.add_argument("--loss", default=CORE_KEYS["loss_type"][0], help=f"loss name(s), '+'-joined; registered: {', '.join(available_losses())}")
     for key in ("distill_weight", "distill_schedule", "distill_final", "distill_layers", "distill_teacher_layers"):
@@ -110,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
-    from distill.demo import DEMO_STUDENT, DEMO_TEACHER, DEMO_TEACHER_EPOCHS, DEMO_TRAIN, cached_teacher, demo_data
+    from distill.demo import (DEMO_RECIPE, DEMO_STUDENT, DEMO_STUDENT_EPOCHS, DEMO_TEACHER, DEMO_TEACHER_EPOCHS,
+                              cached_teacher, demo_data)
     from distill.model import YOLO
 
     if ns.resume:
@@ -120,16 +122,15 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
     demo = "data" not in args
     if demo:
         args["data"] = str(demo_data())
-        for key, value in DEMO_TRAIN.items():
+        for key, value in {**DEMO_RECIPE, "epochs": DEMO_STUDENT_EPOCHS}.items():
             args.setdefault(key, value)
     teacher = ns.teacher
     if teacher is None:
         if not demo:
             raise ValueError("--teacher is required with --data (the default teacher exists only for the synthetic demo).")
         print(f"Preparing the demo teacher ({DEMO_TEACHER}, trained once on the synthetic data, then cached)...")
-        teacher = str(
-            cached_teacher(DEMO_TEACHER, args["data"], DEMO_TEACHER_EPOCHS, int(args["imgsz"]), device=args.get("device"))
-        )
+        recipe = {**DEMO_RECIPE, "imgsz": args["imgsz"], **({"device": args["device"]} if "device" in args else {})}
+        teacher = str(cached_teacher(DEMO_TEACHER, args["data"], DEMO_TEACHER_EPOCHS, **recipe))
     student = YOLO(ns.student or DEMO_STUDENT)
     args["Distillation"] = teacher
     student.train(**args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,15 +17,17 @@ from distill.synthetic import SyntheticSpec, synthetic_dataset
 DEMO_SPEC = SyntheticSpec(n_train=256, n_val=64, imgsz=160, seed=0)
 DEMO_TEACHER = "yolov8s.yaml"
 DEMO_STUDENT = "yolov8n.yaml"
-DEMO_TRAIN = {"imgsz": 128, "batch": 16, "epochs": 20}
-DEMO_TEACHER_EPOCHS = 30
+# From-scratch training on 256 small images: mosaic shrinks the smallest objects below a few pixels
+# and AdamW at 0.003 learns far faster than the 'auto' choice (0.001). Measured on this CPU,
+# 30 epochs of yolov8n: mAP50-95 0.015 with mosaic off at 'auto' lr, 0.057 with this recipe.
+DEMO_RECIPE = {"imgsz": 128, "batch": 16, "mosaic": 0.0, "optimizer": "AdamW", "lr0": 0.003, "seed": 0}
+DEMO_STUDENT_EPOCHS = 30
+DEMO_TEACHER_EPOCHS = 35
 
 
-def cached_teacher(
-    cfg: str, data: str | Path, epochs: int, imgsz: int, batch: int = 16, seed: int = 0, device: str | None = None
-) -> Path:
-    """A teacher trained from `cfg` on `data`, trained once and cached by recipe."""
-    recipe = f"{cfg}|{Path(data).resolve()}|{epochs}|{imgsz}|{batch}|{seed}|{ultralytics.__version__}"
+def cached_teacher(cfg: str, data: str | Path, epochs: int, **train_args) -> Path:
+    """A teacher trained from `cfg` on `data` with `train_args`, trained once and cached by recipe."""
+    recipe = json.dumps([cfg, str(Path(data).resolve()), epochs, train_args, ultralytics.__version__], sort_keys=True)
     key = hashlib.sha1(recipe.encode()).hexdigest()[:10]
     target = CACHE_DIR / "teachers" / f"{Path(cfg).stem}-{key}.pt"
     if target.exists():
@@ -32,11 +35,7 @@ def cached_teacher(
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         model = _PlainYOLO(cfg)
-        extra = {"device": device} if device is not None else {}
-        model.train(
-            data=str(data), epochs=epochs, imgsz=imgsz, batch=batch, seed=seed, project=tmp, name="teacher",
-            plots=False, exist_ok=True, **extra,
-        )
+        model.train(data=str(data), epochs=epochs, project=tmp, name="teacher", plots=False, exist_ok=True, **train_args)
         best = Path(tmp) / "teacher" / "weights" / "best.pt"
         staged = target.with_suffix(".tmp")
         shutil.copyfile(best, staged)

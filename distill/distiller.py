@@ -71,8 +71,14 @@ class Distiller:
         for name, loss in self.losses.items():
             if (extra := loss.build(t_channels)) is not None:
                 modules[name] = extra
-        if weights is not None and isinstance(getattr(weights, MODULES_ATTR, None), nn.ModuleDict):
-            modules.load_state_dict(getattr(weights, MODULES_ATTR).float().state_dict())
+        saved = getattr(weights, MODULES_ATTR, None) if weights is not None else None
+        if isinstance(saved, nn.ModuleDict):  # resume: continue with the trained connectors
+            state, fresh = saved.float().state_dict(), modules.state_dict()
+            if state.keys() == fresh.keys() and all(state[k].shape == fresh[k].shape for k in state):
+                modules.load_state_dict(state)
+                LOGGER.info("Distillation: connectors restored from the checkpoint.")
+            else:
+                LOGGER.warning("Distillation: the checkpoint's connectors do not fit these losses/layers; starting fresh.")
         setattr(student, MODULES_ATTR, modules.to(next(student.parameters()).device))
         LOGGER.info(
             f"Distillation: losses {'+'.join(self.losses)}, student layers {self.student_layers} "

@@ -70,10 +70,13 @@ class DistillationTrainer(DetectionTrainer):
         return super().save_model()
 
     def final_eval(self):
-        """Strip distillation-only layers from the final checkpoints, then Ultralytics' own final step."""
+        """Strip distillation-only layers from the final checkpoints (keeping the trained connectors in
+        weights/distill_modules.pt), then Ultralytics' own final step."""
         for f in (self.last, self.best):
             if f.exists():
-                finalize_checkpoint(f, self.distill_record())
+                modules = finalize_checkpoint(f, self.distill_record())
+                if f == self.last and modules is not None:
+                    torch.save(modules.state_dict(), self.wdir / "distill_modules.pt")
         return super().final_eval()
 
     def distill_record(self) -> dict[str, Any]:
@@ -101,14 +104,17 @@ def distill_arg_keys() -> set[str]:
     return keys
 
 
-def finalize_checkpoint(path: Path, record: dict[str, Any]) -> None:
-    """Make `path` a plain student checkpoint: drop connectors/generators, keep the record as ckpt['distill']."""
+def finalize_checkpoint(path: Path, record: dict[str, Any]) -> nn.Module | None:
+    """Make `path` a plain student checkpoint: drop connectors/generators (returned, from the EMA),
+    drop our keys from the model's args and keep the record as ckpt['distill']."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     keys = distill_arg_keys()
+    removed = None
     for name in ("ema", "model"):
         model = ckpt.get(name)
         if isinstance(model, nn.Module):
             if hasattr(model, MODULES_ATTR):
+                removed = removed or getattr(model, MODULES_ATTR)
                 delattr(model, MODULES_ATTR)
             args = getattr(model, "args", None)
             if isinstance(args, dict):
@@ -119,3 +125,4 @@ def finalize_checkpoint(path: Path, record: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(ckpt, tmp)
     tmp.replace(path)
+    return removed

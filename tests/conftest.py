@@ -36,3 +36,31 @@ def teacher_pt(tmp_path_factory, data_yaml) -> str:
 @pytest.fixture()
 def project(tmp_path) -> str:
     return str(tmp_path / "runs")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_network():
+    """Fail the session if anything (Ultralytics included) tries to reach a non-local host."""
+    import socket
+
+    attempts: list[str] = []
+    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
+    local = ("127.", "::1", "localhost", "0.0.0.0")
+
+    def guarded_connect(sock, address):
+        host = address[0] if isinstance(address, tuple) else str(address)
+        if not str(host).startswith(local) and sock.family != getattr(socket, "AF_UNIX", None):
+            attempts.append(f"connect {address}")
+            raise OSError("network disabled in tests")
+        return real_connect(sock, address)
+
+    def guarded_getaddrinfo(host, *args, **kwargs):
+        if host is not None and not str(host).startswith(local):
+            attempts.append(f"resolve {host}")
+            raise socket.gaierror("network disabled in tests")
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect, socket.getaddrinfo = guarded_connect, guarded_getaddrinfo
+    yield
+    socket.socket.connect, socket.getaddrinfo = real_connect, real_getaddrinfo
+    assert not attempts, f"network access attempted: {attempts}"

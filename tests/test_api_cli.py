@@ -42,6 +42,8 @@ def test_python_api_with_in_memory_teacher(data_yaml, teacher_pt, project):
     ckpt = torch.load(best, map_location="cpu", weights_only=False)
     assert ckpt["distill"]["losses"] == ["cwd"] and ckpt["distill"]["student_layers"] == [15, 18, 21]
     assert not hasattr(ckpt["model"], "distill_modules")
+    saved = torch.load(run / "weights" / "distill_modules.pt", map_location="cpu")  # trained connectors kept aside
+    assert any(k.startswith("connectors.") for k in saved)
     done = subprocess.run([sys.executable, "-c", CLEAN_LOAD, str(best)], capture_output=True, text=True, cwd=run)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "EXPORTED" in done.stdout

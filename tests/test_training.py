@@ -57,6 +57,8 @@ def test_optimizer_steps_lower_the_distillation_term(loss, data_yaml, teacher_pt
         step = trainer.preprocess_batch({k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()})
         total, items = trainer.model(step)
         assert isinstance(trainer.model.criterion, DistillationCriterion)
+        # scaled by batch size like Ultralytics' detection loss (box, cls, dfl come first)
+        assert float(total[3].detach()) == pytest.approx(float(items[f"{loss}_loss"]) * step["img"].shape[0], rel=1e-5)
         values.append(float(items[f"{loss}_loss"]))
         trainer.scaler.scale(total.sum()).backward()
         trainer.optimizer_step()
@@ -115,3 +117,57 @@ def test_without_teacher_it_is_plain_ultralytics(data_yaml, project):
     assert not any("cwd" in k for k in _results(model.trainer.save_dir)[0])
     with pytest.raises(ValueError, match="need\\(s\\) a teacher"):
         YOLO("yolov8n.yaml").train(data=data_yaml, loss_type="cwd", project=project, name="x", **TRAIN)
+
+
+def test_losses_are_fp32_under_autocast(data_yaml, teacher_pt, project):
+    trainer = DistillationTrainer(
+        overrides=dict(model="yolov8n.yaml", data=data_yaml, Distillation=teacher_pt, loss_type="cwd+mgd+kl",
+                       project=project, name="amp", **TRAIN)
+    )
+    trainer._setup_train()
+    trainer.model.train()
+    batch = next(iter(trainer.train_loader))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        step = trainer.preprocess_batch(batch)
+        total, items = trainer.model(step)
+    assert total.dtype == torch.float32
+    assert all(items[f"{n}_loss"].dtype == torch.float32 for n in ("cwd", "mgd", "kl"))
+    trainer.distiller.release()
+
+
+PLUGIN = """
+import torch
+from distill.losses import register_loss
+from distill.losses.base import FeatureLoss
+
+@register_loss("l1test")
+class L1Loss(FeatureLoss):
+    params = {"weight": (1.0, "loss weight"), "scale": (2.0, "multiplier")}
+
+    def level(self, s, t, module):
+        return (s - t).abs().mean() * self.scale
+"""
+
+
+def test_a_new_loss_is_one_file(tmp_path, data_yaml, teacher_pt, project):
+    import importlib.util
+
+    from distill.cli import build_parser
+    from distill.losses import _REGISTRY
+
+    path = tmp_path / "my_loss.py"
+    path.write_text(PLUGIN)
+    spec = importlib.util.spec_from_file_location("my_loss", path)
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))
+    assert "--l1test-scale" in build_parser().format_help()
+    model = YOLO("yolov8n.yaml")
+    try:
+        model.train(data=data_yaml, Distillation=teacher_pt, loss_type="cwd+l1test", l1test_scale=3.0,
+                    distill_schedule="linear", distill_final=0.25, project=project, name="plugin",
+                    **{**TRAIN, "epochs": 2})
+    finally:
+        _REGISTRY.pop("l1test", None)  # keep the registry as other tests expect it
+    rows = _results(model.trainer.save_dir)
+    assert float(rows[-1]["train/l1test_loss"]) > 0
+    assert model.trainer.distiller.losses["l1test"].scale == 3.0
+    assert model.trainer.distiller.factor == pytest.approx(0.25)  # linear schedule reached its final ratio

@@ -19,7 +19,7 @@ from distill.losses.base import LogitLoss
 @register_loss("kl")
 class KLLoss(LogitLoss):
     """cls = T^2 * sum_a w_a sum_c KL_bin(a, c) / sum_a w_a;  box = Tb^2 * sum_a w_a mean_side KL_softmax / sum_a w_a;
-    w_a = max_c sigmoid(teacher logit). Returns cls + box (box only when reg_max > 1).
+    w_a = max_c sigmoid(teacher logit). Returns cls + box (box only when both heads have the same reg_max > 1).
     """
 
     params = {
@@ -48,7 +48,7 @@ class KLLoss(LogitLoss):
 
         bs, bt = student["boxes"].float(), teacher["boxes"].float()  # (B, 4 * reg_max, A)
         reg_max = bs.shape[1] // 4
-        if reg_max > 1:
+        if reg_max > 1 and bs.shape == bt.shape:  # heads with different bin counts share no box distribution
             Tb = self.box_temperature
             b, _, a = bs.shape
             log_qs = F.log_softmax(bs.view(b, 4, reg_max, a) / Tb, dim=2)
