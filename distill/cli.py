@@ -113,12 +113,14 @@ def main(argv: list[str] | None = None) -> int:
 def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
     from distill.demo import (DEMO_RECIPE, DEMO_STUDENT, DEMO_STUDENT_EPOCHS, DEMO_TEACHER, DEMO_TEACHER_EPOCHS,
                               cached_teacher, demo_data)
+    from distill.checkpoints import read_checkpoint
     from distill.model import YOLO
 
     if ns.resume:
+        read_checkpoint(ns.resume, "resume")
         model = YOLO(ns.resume)
         model.train(resume=True, **{k: v for k, v in args.items() if k in {"device", "batch", "workers"}})
-        return report(model, None, args)
+        return report(model, str(model.trainer.args.Distillation))
     demo = "data" not in args
     if demo:
         args["data"] = str(demo_data())
@@ -131,26 +133,29 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
         print(f"Preparing the demo teacher ({DEMO_TEACHER}, trained once on the synthetic data, then cached)...")
         recipe = {**DEMO_RECIPE, "imgsz": args["imgsz"], **({"device": args["device"]} if "device" in args else {})}
         teacher = str(cached_teacher(DEMO_TEACHER, args["data"], DEMO_TEACHER_EPOCHS, **recipe))
-    student = YOLO(ns.student or DEMO_STUDENT)
+    student_path = ns.student or DEMO_STUDENT
+    if student_path.endswith(".pt"):
+        read_checkpoint(student_path, "student")
+    student = YOLO(student_path)
     args["Distillation"] = teacher
     student.train(**args)
-    return report(student, teacher, args)
+    return report(student, teacher)
 
 
-def report(student: Any, teacher: str | None, args: dict[str, Any]) -> int:
-    """Print teacher and student mAP50-95 and where the student checkpoint is."""
+def report(student: Any, teacher: str) -> int:
+    """Print teacher and student mAP50-95 (same data, image size and device) and where the student checkpoint is."""
     from ultralytics import YOLO as PlainYOLO
 
-    best = Path(student.trainer.best if student.trainer.best.exists() else student.trainer.last)
+    trainer = student.trainer
+    best = Path(trainer.best if trainer.best.exists() else trainer.last)
     s_map = float(student.metrics.box.map) if getattr(student, "metrics", None) is not None else float("nan")
+    t0 = time.time()
+    metrics = PlainYOLO(teacher).val(
+        data=trainer.args.data, imgsz=trainer.args.imgsz, batch=trainer.args.batch, device=trainer.args.device,
+        plots=False, verbose=False, project=str(trainer.save_dir), name="teacher_val", exist_ok=True,
+    )
     lines = ["", "Distillation finished."]
-    if teacher is not None:
-        t0 = time.time()
-        metrics = PlainYOLO(teacher).val(
-            data=args["data"], imgsz=student.trainer.args.imgsz, batch=student.trainer.args.batch,
-            device=student.trainer.args.device, plots=False, verbose=False, project=str(best.parent.parent), name="teacher_val",
-        )
-        lines.append(f"  teacher mAP50-95: {metrics.box.map:.4f}  ({teacher}, validated in {time.time() - t0:.1f}s)")
+    lines.append(f"  teacher mAP50-95: {metrics.box.map:.4f}  ({teacher}, validated in {time.time() - t0:.1f}s)")
     lines += [f"  student mAP50-95: {s_map:.4f}", f"  student checkpoint: {best}"]
     print("\n".join(lines))
     return 0

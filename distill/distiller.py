@@ -22,6 +22,12 @@ from distill.losses import build_loss
 MODULES_ATTR = "distill_modules"  # student attribute holding connectors and loss-owned layers
 
 
+def model_name(model: nn.Module) -> str:
+    """The YAML a model was built from (e.g. 'yolov8n-p2.yaml'), or its class name."""
+    yaml = getattr(model, "yaml", None)
+    return str((yaml or {}).get("yaml_file") or type(model).__name__) if isinstance(yaml, dict) else type(model).__name__
+
+
 def head_outputs(preds: Any) -> dict[str, torch.Tensor]:
     """The raw head dict (`boxes`, `scores`, `feats`) from train- or eval-mode Detect output;
     end-to-end heads (YOLO26) give their dense one-to-many branch."""
@@ -49,16 +55,17 @@ class Distiller:
 
     # ---- set-up -------------------------------------------------------------------------------------------------
     def attach(self, student: nn.Module, weights: nn.Module | None = None) -> None:
-        """Resolve layers, probe shapes, check compatibility, and add trainable modules to `student`
-        (restored from `weights` when it carries them, i.e. on resume)."""
+        """Resolve layers, probe shapes, check compatibility, and give `student` its trainable modules,
+        keeping those it already has or `weights` carries (resume) when they fit. Idempotent."""
         s = self.settings
         self.student_layers = resolve_layers(student, s.student_layers, "student")
         self.teacher_layers = resolve_layers(self.teacher, s.teacher_layers or s.student_layers, "teacher")
         if len(self.student_layers) != len(self.teacher_layers):
             raise ValueError(
-                f"student and teacher distil different numbers of levels: student layers {self.student_layers} "
-                f"vs teacher layers {self.teacher_layers}. Models with different detection levels (e.g. P2 vs P3-P5) "
-                "need explicit distill_layers and distill_teacher_layers of equal length."
+                f"the student ({model_name(student)}) distils {len(self.student_layers)} levels (layers "
+                f"{self.student_layers}) but the teacher ({model_name(self.teacher)}) {len(self.teacher_layers)} "
+                f"(layers {self.teacher_layers}), e.g. a P2 model against a P3-P5 one. Pair them explicitly with "
+                "distill_layers and distill_teacher_layers of equal length."
             )
         if self.needs_logits:
             self._check_heads(student)
@@ -71,14 +78,16 @@ class Distiller:
         for name, loss in self.losses.items():
             if (extra := loss.build(t_channels)) is not None:
                 modules[name] = extra
-        saved = getattr(weights, MODULES_ATTR, None) if weights is not None else None
-        if isinstance(saved, nn.ModuleDict):  # resume: continue with the trained connectors
-            state, fresh = saved.float().state_dict(), modules.state_dict()
-            if state.keys() == fresh.keys() and all(state[k].shape == fresh[k].shape for k in state):
-                modules.load_state_dict(state)
-                LOGGER.info("Distillation: connectors restored from the checkpoint.")
-            else:
-                LOGGER.warning("Distillation: the checkpoint's connectors do not fit these losses/layers; starting fresh.")
+        fresh = modules.state_dict()
+        # Keep trained connectors: the student's own (a DDP worker receives the built student) or the
+        # checkpoint's (resume), when they fit these losses and layers.
+        for source in (getattr(student, MODULES_ATTR, None), getattr(weights, MODULES_ATTR, None)):
+            if isinstance(source, nn.ModuleDict):
+                state = source.float().state_dict()
+                if state.keys() == fresh.keys() and all(state[k].shape == fresh[k].shape for k in state):
+                    modules.load_state_dict(state)
+                    break
+                LOGGER.warning("Distillation: saved connectors do not fit these losses/layers; starting fresh.")
         setattr(student, MODULES_ATTR, modules.to(next(student.parameters()).device))
         LOGGER.info(
             f"Distillation: losses {'+'.join(self.losses)}, student layers {self.student_layers} "

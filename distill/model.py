@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ultralytics import YOLO as _UltralyticsYOLO
 
+from distill.checkpoints import read_checkpoint
 from distill.trainer import DistillationTrainer, distill_arg_keys
 
 
 class YOLO(_UltralyticsYOLO):
     """`YOLO(...).train(data=..., Distillation=teacher, loss_type='cwd')` distils; without a teacher it
     trains exactly like `ultralytics.YOLO`."""
+
+    def __init__(self, model: str | Path = "yolo26n.pt", task: str | None = None, verbose: bool = False) -> None:
+        if isinstance(model, (str, Path)) and str(model).endswith(".pt"):
+            read_checkpoint(model, "model")  # missing / offline / corrupt: one clear sentence, not a traceback
+        super().__init__(model, task=task, verbose=verbose)
 
     def train(self, trainer=None, **kwargs: Any):
         if trainer is None:

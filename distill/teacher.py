@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +10,9 @@ import torch
 from torch import nn
 from ultralytics.engine.model import Model
 from ultralytics.nn.modules import Detect
-from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+from ultralytics.nn.tasks import DetectionModel
+
+from distill.checkpoints import read_checkpoint
 
 
 def load_teacher(source: Any, nc: int | None = None) -> nn.Module:
@@ -22,9 +25,7 @@ def load_teacher(source: Any, nc: int | None = None) -> nn.Module:
         if path.suffix in {".yaml", ".yml"}:
             model = DetectionModel(str(path), nc=nc, verbose=False)
         elif path.suffix == ".pt":
-            if not path.exists():
-                raise FileNotFoundError(f"teacher checkpoint '{path}' does not exist. Pass the path of a trained .pt file.")
-            model, _ = load_checkpoint(str(path))
+            model = read_checkpoint(path, "teacher")
         else:
             raise ValueError(f"teacher '{source}' is neither a .pt checkpoint nor a model .yaml.")
     elif isinstance(source, nn.Module):
@@ -34,13 +35,36 @@ def load_teacher(source: Any, nc: int | None = None) -> nn.Module:
     head = model.model[-1] if isinstance(getattr(model, "model", None), nn.Sequential) else None
     if not isinstance(head, Detect):
         kind = type(head).__name__ if head is not None else type(model).__name__
-        raise ValueError(f"teacher must be a YOLO detection model, but its head is '{kind}'.")
+        raise ValueError(f"teacher must be a YOLO detection model, but its head is '{kind}' "
+                         f"(e.g. a classification model). Pass a detection checkpoint.")
     return model
 
 
+def class_names(model: nn.Module) -> list[str] | None:
+    """The model's class names in index order, or None when it carries none (e.g. built from a YAML)."""
+    names = getattr(model, "names", None)
+    if isinstance(names, dict):
+        names = [names[k] for k in sorted(names)]
+    if not isinstance(names, (list, tuple)):
+        return None
+    names = [str(n) for n in names]
+    return None if names == [str(i) for i in range(len(names))] else names  # Ultralytics' placeholder names
+
+
+def teacher_save_path(save_dir: Path, ddp_launch: bool) -> Path:
+    """Where an in-memory teacher is written. Inside the run folder, except when launching DDP:
+    Ultralytics deletes the run folder before its workers start, so the file goes beside it."""
+    return save_dir.with_name(f"{save_dir.name}-teacher.pt") if ddp_launch else save_dir / "teacher.pt"
+
+
 def freeze(teacher: nn.Module, device: torch.device) -> nn.Module:
-    """fp32, eval mode (BatchNorm statistics fixed), no gradients, on `device`."""
-    teacher = teacher.float().to(device).eval()
+    """A private fp32 copy in eval mode (BatchNorm statistics fixed), without gradients, on `device`.
+
+    The copy matters: models built from YAMLs in one process share Ultralytics' `Conv.default_act`
+    module, so the student's `train()` would otherwise reach into the teacher; and the caller's own
+    model (`Distillation=model_t.model`) is left exactly as it was.
+    """
+    teacher = deepcopy(teacher).float().to(device).eval()
     teacher.requires_grad_(False)
     return teacher
 

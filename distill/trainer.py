@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from copy import copy
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 from ultralytics.cfg import get_cfg
+from ultralytics.data.utils import check_det_dataset
 from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML
 from ultralytics.utils.torch_utils import unwrap_model
@@ -16,7 +18,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings
 from distill.distiller import MODULES_ATTR, Distiller
 from distill.losses import get_loss_class
-from distill.teacher import freeze, load_teacher, save_teacher
+from distill.teacher import class_names, freeze, load_teacher, save_teacher, teacher_save_path
 
 
 class DistillationTrainer(DetectionTrainer):
@@ -33,20 +35,20 @@ class DistillationTrainer(DetectionTrainer):
         if not isinstance(source, (str, Path, type(None))):  # YOLO object or nn.Module
             teacher, overrides["Distillation"] = load_teacher(source), IN_MEMORY_TEACHER
         if not overrides.get("resume"):
-            # Validate everything we can before Ultralytics creates the run folder.
-            settings = DistillSettings.from_args(get_cfg(cfg, overrides))
-            if settings.teacher is None:
-                raise ValueError("no teacher given: pass Distillation=<teacher .pt | .yaml | YOLO | nn.Module>.")
-            if teacher is None and Path(str(settings.teacher)).suffix == ".pt":
-                teacher = load_teacher(settings.teacher)
+            teacher = preflight(cfg, overrides, teacher)  # fails before Ultralytics creates the run folder
         super().__init__(cfg, overrides, _callbacks)
-        settings = DistillSettings.from_args(self.args)
-        if teacher is None:
-            teacher = load_teacher(settings.teacher, nc=self.data["nc"])
-        if self.args.Distillation == IN_MEMORY_TEACHER and RANK in {-1, 0}:
-            # DDP workers and resume rebuild the trainer from args alone: give the teacher a path.
-            self.args.Distillation = settings.teacher = str(save_teacher(teacher, self.save_dir / "teacher.pt"))
-            YAML.save(self.save_dir / "args.yaml", vars(self.args))
+        try:
+            settings = DistillSettings.from_args(self.args)
+            if teacher is None:  # resume: rebuilt from the path recorded in the checkpoint's args
+                teacher = load_teacher(settings.teacher, nc=self.data["nc"])
+            if self.args.Distillation == IN_MEMORY_TEACHER and RANK in {-1, 0}:
+                # DDP workers and resume rebuild the trainer from args alone: give the teacher a path.
+                path = save_teacher(teacher, teacher_save_path(self.save_dir, self.ddp))
+                self.args.Distillation = settings.teacher = str(path)
+                YAML.save(self.save_dir / "args.yaml", vars(self.args))
+        except Exception:
+            self._discard_run()
+            raise
         if self.args.compile:
             LOGGER.warning("Distillation: 'compile' is disabled because feature hooks need eager mode.")
             self.args.compile = False
@@ -55,8 +57,28 @@ class DistillationTrainer(DetectionTrainer):
     def get_model(self, cfg=None, weights: nn.Module | None = None, verbose: bool = True):
         """Student from Ultralytics, with connectors and loss layers attached before the optimizer is built."""
         model = super().get_model(cfg, weights, verbose)
-        self.distiller.attach(model, weights if isinstance(weights, nn.Module) else None)
+        try:
+            self.distiller.attach(model, weights if isinstance(weights, nn.Module) else None)
+        except Exception:
+            self._discard_run()  # e.g. incompatible detection levels: leave no half-made run behind
+            raise
         return model
+
+    def set_model_attributes(self):
+        """Runs in every set-up path before the optimizer is built, also in DDP workers, which receive the
+        built student and never call get_model()."""
+        super().set_model_attributes()
+        self.distiller.attach(unwrap_model(self.model))
+
+    def _discard_run(self) -> None:
+        """Remove the run folder this trainer created, if it still holds nothing but its set-up files."""
+        run, weights = self.save_dir, self.save_dir / "weights"
+        if not run.is_dir() or self.resume:
+            return
+        if {p.name for p in run.iterdir()} <= {"args.yaml", "weights", "teacher.pt"} and not (
+            weights.is_dir() and any(weights.iterdir())
+        ):
+            shutil.rmtree(run, ignore_errors=True)
 
     def preprocess_batch(self, batch: dict) -> dict:
         """Runs inside autocast right before the student's forward: the teacher goes first."""
@@ -92,6 +114,39 @@ class DistillationTrainer(DetectionTrainer):
             "student_layers": list(self.distiller.student_layers),
             "teacher_layers": list(self.distiller.teacher_layers),
         }
+
+
+def preflight(cfg: Any, overrides: dict, teacher: nn.Module | None) -> nn.Module:
+    """Check arguments, dataset and teacher before any file is written; returns the loaded teacher."""
+    args = get_cfg(cfg, overrides)
+    settings = DistillSettings.from_args(args)  # loss names and hyperparameters
+    if settings.teacher is None:
+        raise ValueError("no teacher given: pass Distillation=<teacher .pt | .yaml | YOLO | nn.Module> (CLI: --teacher).")
+    data = check_det_dataset(args.data) if args.data else None  # what the trainer loads next anyway
+    if teacher is None:
+        teacher = load_teacher(settings.teacher, nc=data["nc"] if data else None)
+    if data is not None:
+        check_classes(teacher, [str(data["names"][i]) for i in sorted(data["names"])], settings)
+    return teacher
+
+
+def check_classes(teacher: nn.Module, names: list[str], settings: DistillSettings) -> None:
+    """Logit losses compare class scores one to one: a different class list is an error for them, a warning otherwise."""
+    from distill.losses import get_loss_class
+
+    t_names, t_nc = class_names(teacher), teacher.model[-1].nc
+    if t_nc == len(names) and (t_names is None or t_names == names):
+        return
+
+    def show(seq):
+        return ", ".join(seq[:6]) + (", ..." if len(seq) > 6 else "")
+
+    msg = f"the teacher's classes ({t_nc}: {show(t_names) if t_names else 'unnamed'}) differ from the dataset's ({len(names)}: {show(names)})"
+    logit = [n for n in settings.losses if get_loss_class(n).kind == "logit"]
+    if logit:
+        raise ValueError(f"{msg}; the logit loss '{'+'.join(logit)}' needs the same classes. Use a teacher trained "
+                         "on these classes, or feature losses only (cwd, mgd, mimic).")
+    LOGGER.warning(f"Distillation: {msg}; feature losses proceed.")
 
 
 def distill_arg_keys() -> set[str]:

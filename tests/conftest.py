@@ -64,3 +64,31 @@ def no_network():
     yield
     socket.socket.connect, socket.getaddrinfo = real_connect, real_getaddrinfo
     assert not attempts, f"network access attempted: {attempts}"
+
+
+@pytest.fixture(autouse=True)
+def teacher_stays_frozen(monkeypatch):
+    """Every test that trains: afterwards the teacher's weights and BatchNorm buffers are bitwise unchanged,
+    it is in eval mode, needs no gradients and sits in no optimizer parameter group."""
+    import torch
+
+    from distill.trainer import DistillationTrainer
+
+    original = DistillationTrainer._do_train
+
+    def checked(self):
+        teacher = self.distiller.teacher
+        before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+        try:
+            return original(self)
+        finally:
+            after = teacher.state_dict()
+            assert before.keys() == after.keys()
+            assert all(torch.equal(v, after[k]) for k, v in before.items()), "teacher weights or buffers changed"
+            assert not any(m.training for m in teacher.modules()), "teacher left eval mode"
+            assert not any(p.requires_grad for p in teacher.parameters()), "teacher parameters require grad"
+            ids = {id(p) for p in teacher.parameters()}
+            if self.optimizer is not None:
+                assert not any(id(p) in ids for g in self.optimizer.param_groups for p in g["params"])
+
+    monkeypatch.setattr(DistillationTrainer, "_do_train", checked)

@@ -32,8 +32,11 @@ print("EXPORTED", out)
 
 def test_python_api_with_in_memory_teacher(data_yaml, teacher_pt, project):
     model_t = YOLO(teacher_pt)
+    flags = [(p.requires_grad, p.dtype) for p in model_t.model.parameters()], model_t.model.training
     model_s = YOLO("yolov8n.yaml")
     model_s.train(data=data_yaml, Distillation=model_t.model, loss_type="cwd", project=project, name="api", **TRAIN)
+    # the caller's teacher object is left as it was (the trainer distils from a private frozen copy)
+    assert ([(p.requires_grad, p.dtype) for p in model_t.model.parameters()], model_t.model.training) == flags
     run = Path(model_s.trainer.save_dir)
     # the in-memory teacher was given a path so DDP workers and resume can rebuild it
     args = yaml.safe_load((run / "args.yaml").read_text())

@@ -1,0 +1,256 @@
+"""Long-run paths: resume after a kill, DDP worker rebuild, NaN recovery, bad input, no teacher graph."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT, TRAIN
+from distill import YOLO, DistillationTrainer
+from distill.distiller import MODULES_ATTR
+
+KILLED_RUN = r"""
+import os, sys
+sys.path.insert(0, {root!r})
+from distill import YOLO
+model = YOLO("yolov8n.yaml")
+model.add_callback("on_fit_epoch_end", lambda tr: os._exit(3) if tr.epoch == 0 else None)  # die after epoch 1
+model.train(data={data!r}, Distillation={teacher!r}, loss_type="cwd+mgd", project={project!r}, name="run",
+            epochs=3, imgsz=64, batch=8, workers=0, plots=False, seed=0)
+"""
+
+
+def _killed_run(data_yaml, teacher_pt, project) -> Path:
+    code = KILLED_RUN.format(root=str(ROOT), data=data_yaml, teacher=teacher_pt, project=project)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 3, done.stderr[-2000:]
+    last = Path(project) / "run" / "weights" / "last.pt"
+    assert last.exists()
+    return last
+
+
+def _column(run: Path, name: str) -> list[float]:
+    lines = (run / "results.csv").read_text().splitlines()
+    col = [c.strip() for c in lines[0].split(",")].index(name)
+    return [float(line.split(",")[col]) for line in lines[1:]]
+
+
+def test_resume_in_python_restores_connectors_exactly(data_yaml, teacher_pt, project):
+    last = _killed_run(data_yaml, teacher_pt, project)
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["epoch"] == 0
+    assert not any("teacher" in k for k in ckpt["ema"].state_dict())  # the teacher is never in a checkpoint
+    saved = ckpt["ema"].distill_modules.float().state_dict()
+    seen = {}
+    model = YOLO(str(last))
+    model.add_callback(
+        "on_pretrain_routine_end",
+        lambda tr: seen.update(start=tr.start_epoch, mods={k: v.clone() for k, v in getattr(tr.model, MODULES_ATTR).state_dict().items()}),
+    )
+    model.train(resume=True)
+    assert seen["start"] == 1
+    assert saved.keys() == seen["mods"].keys()
+    assert all(torch.equal(saved[k], seen["mods"][k].cpu()) for k in saved)  # bitwise
+    run = Path(model.trainer.save_dir)
+    assert _column(run, "epoch") == [1, 2, 3]
+    assert all(v > 0 for v in _column(run, "train/cwd_loss")) and all(v > 0 for v in _column(run, "train/mgd_loss"))
+
+
+def test_resume_from_the_cli(data_yaml, teacher_pt, project):
+    last = _killed_run(data_yaml, teacher_pt, project)
+    done = subprocess.run([sys.executable, str(ROOT / "train_distill.py"), "--resume", str(last)],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Resuming training" in done.stdout + done.stderr and "student mAP50-95" in done.stdout
+    run = last.parent.parent
+    assert _column(run, "epoch") == [1, 2, 3] and _column(run, "train/cwd_loss")[-1] > 0
+
+
+WORKER_REPORT = r"""
+    import hashlib, json
+    from distill.distiller import MODULES_ATTR
+    d = trainer.distiller
+    digest = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in d.teacher.state_dict().values())).hexdigest()
+    model = trainer.model
+    print("WORKER", json.dumps({"teacher": digest, "teacher_path": str(trainer.args.Distillation),
+      "student_layers": d.student_layers, "teacher_layers": d.teacher_layers,
+      "losses": {n: vars(l) for n, l in d.losses.items()}, "modules": sorted(getattr(model, MODULES_ATTR).state_dict())}))
+"""
+
+
+def test_ddp_worker_rebuilds_the_same_distillation(data_yaml, teacher_pt, project):
+    """Ultralytics' own DDP file, run in a fresh process up to the point where the worker would train."""
+    import hashlib
+
+    from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
+
+    trainer = DistillationTrainer(overrides=dict(
+        model="yolov8n.yaml", data=data_yaml, Distillation=YOLO(teacher_pt).model, loss_type="cwd+kl",
+        cwd_tau=2.0, project=project, name="ddp", **TRAIN))
+    trainer.model = trainer.get_model(cfg="yolov8n.yaml")
+    file = generate_ddp_file(trainer)
+    try:
+        script = Path(file).read_text().replace("trainer.train()", "trainer._setup_train()\n" + WORKER_REPORT)
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    finally:
+        ddp_cleanup(trainer, file)
+    assert done.returncode == 0, done.stderr[-3000:]
+    worker = json.loads(done.stdout.split("WORKER ", 1)[1].splitlines()[0])
+    d = trainer.distiller
+    digest = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in d.teacher.state_dict().values())).hexdigest()
+    assert worker["teacher"] == digest
+    assert worker["teacher_path"] == str(trainer.save_dir / "teacher.pt")
+    assert worker["student_layers"] == d.student_layers and worker["teacher_layers"] == d.teacher_layers
+    assert worker["losses"] == {n: vars(l) for n, l in d.losses.items()} and worker["losses"]["cwd"]["tau"] == 2.0
+    assert worker["modules"] == sorted(getattr(trainer.model, MODULES_ATTR).state_dict())
+
+
+def test_ddp_launch_keeps_the_teacher_outside_the_run_folder(tmp_path):
+    from distill.teacher import teacher_save_path
+
+    run = tmp_path / "runs" / "exp"
+    assert teacher_save_path(run, ddp_launch=False) == run / "teacher.pt"
+    # Ultralytics deletes the run folder before starting DDP workers
+    assert teacher_save_path(run, ddp_launch=True) == tmp_path / "runs" / "exp-teacher.pt"
+
+
+def test_nan_takes_ultralytics_recovery_and_distillation_survives(data_yaml, teacher_pt, project):
+    """The cwd term turns NaN (inside the graph, so the weights are poisoned) for the first pass of epoch 2;
+    Ultralytics reloads last.pt and redoes the epoch, with distillation still active."""
+    state = {"epochs_started": 0, "poisoned_steps": 0}
+
+    def on_epoch_start(trainer):
+        state["epochs_started"] += 1
+        loss = trainer.distiller.losses["cwd"]
+        if not hasattr(loss, "_real_level"):
+            loss._real_level = loss.level
+
+            def level(s, t, module):
+                value = loss._real_level(s, t, module)
+                if state["epochs_started"] == 2:  # epoch 2, first attempt only
+                    state["poisoned_steps"] += 1
+                    return value * float("nan")
+                return value
+
+            loss.level = level
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_epoch_start", on_epoch_start)
+    model.train(data=data_yaml, Distillation=teacher_pt, loss_type="cwd", project=project, name="nan",
+                **{**TRAIN, "epochs": 3})
+    assert state["poisoned_steps"] > 0
+    assert state["epochs_started"] == 4  # epoch 2 was redone after reloading last.pt
+    values = _column(Path(model.trainer.save_dir), "train/cwd_loss")
+    assert len(values) == 3 and all(math.isfinite(v) and v > 0 for v in values)
+
+
+def test_teacher_forward_builds_no_graph(data_yaml, teacher_pt, project):
+    trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=data_yaml, Distillation=teacher_pt,
+                                                 loss_type="cwd+kl", project=project, name="graph", **TRAIN))
+    trainer._setup_train()
+    trainer.model.train()
+    with torch.enable_grad():
+        trainer.preprocess_batch(next(iter(trainer.train_loader)))
+    feats, head = trainer.distiller._teacher_out
+    for t in [*feats, head["scores"], head["boxes"]]:
+        assert not t.requires_grad and t.grad_fn is None
+    assert not any(p.requires_grad for p in trainer.distiller.teacher.parameters())
+    trainer.distiller.release()
+
+
+# ---- bad input: one clear message, nothing on disk ----------------------------------------------------------------
+def _cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "train_distill.py"), *args], capture_output=True, text=True, cwd=cwd)
+
+
+def _assert_clean_failure(done: subprocess.CompletedProcess, message: str, project: str) -> None:
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert message in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert not Path(project).exists() or not any(Path(project).iterdir()), list(Path(project).rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def classify_pt(tmp_path_factory) -> str:
+    from ultralytics import YOLO as PlainYOLO
+
+    path = tmp_path_factory.mktemp("cls") / "classifier.pt"
+    PlainYOLO("yolov8n-cls.yaml").save(str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def truncated_pt(tmp_path_factory, teacher_pt) -> str:
+    path = tmp_path_factory.mktemp("bad") / "truncated.pt"
+    data = Path(teacher_pt).read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def renamed_data(tmp_path_factory, data_yaml) -> str:
+    text = Path(data_yaml).read_text().replace("circle", "disc").replace("square", "box")
+    path = tmp_path_factory.mktemp("renamed") / "data.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "case,message",
+    [
+        ("missing_teacher", "teacher checkpoint 'nowhere/teacher.pt' does not exist"),
+        ("missing_student", "student checkpoint 'nowhere/student.pt' does not exist"),
+        ("offline_asset", "teacher weights 'yolov8s.pt' are not on disk and this machine is offline"),
+        ("offline_student", "student weights 'yolov8n.pt' are not on disk and this machine is offline"),
+        ("classifier", "teacher must be a YOLO detection model, but its head is 'Classify'"),
+        ("classes", "the logit loss 'kl' needs the same classes"),
+        ("levels", "the student (yolov8n-p2.yaml) distils 4 levels"),
+        ("unknown_loss", "unknown distillation loss 'fgd'. Registered losses: cwd, kl, mgd, mimic"),
+        ("negative_weight", "distill_weight must be >= 0"),
+        ("temperature", "kl_temperature must be > 0"),
+        ("mask_ratio", "mgd_mask_ratio must be in [0, 1)"),
+        ("truncated", "could not be read"),
+    ],
+)
+def test_bad_input_fails_before_training(case, message, data_yaml, teacher_pt, classify_pt, truncated_pt,
+                                         renamed_data, tmp_path):
+    project = str(tmp_path / "runs")
+    base = ["--data", data_yaml, "--epochs", "1", "--imgsz", "64", "--batch", "8", "--project", project, "workers=0"]
+    args = {
+        "missing_teacher": ["--teacher", "nowhere/teacher.pt"],
+        "missing_student": ["--teacher", teacher_pt, "--student", "nowhere/student.pt"],
+        "offline_asset": ["--teacher", "yolov8s.pt"],
+        "offline_student": ["--teacher", teacher_pt, "--student", "yolov8n.pt"],
+        "classifier": ["--teacher", classify_pt],
+        "classes": ["--teacher", teacher_pt, "--loss", "kl", "--data", renamed_data],
+        "levels": ["--teacher", teacher_pt, "--student", "yolov8n-p2.yaml"],
+        "unknown_loss": ["--teacher", teacher_pt, "--loss", "cwd+fgd"],
+        "negative_weight": ["--teacher", teacher_pt, "--distill-weight", "-1"],
+        "temperature": ["--teacher", teacher_pt, "--loss", "kl", "--kl-temperature", "0"],
+        "mask_ratio": ["--teacher", teacher_pt, "--loss", "mgd", "--mgd-mask-ratio", "1.5"],
+        "truncated": ["--teacher", truncated_pt],
+    }[case]
+    _assert_clean_failure(_cli(*base, *args, cwd=tmp_path), message, project)
+
+
+def test_feature_losses_proceed_with_a_warning_on_other_classes(renamed_data, teacher_pt, project, caplog):
+    model = YOLO("yolov8n.yaml")
+    model.train(data=renamed_data, Distillation=teacher_pt, loss_type="cwd", project=project, name="warn", **TRAIN)
+    assert (Path(model.trainer.save_dir) / "weights" / "best.pt").exists()
+
+
+def test_python_api_errors_leave_nothing(data_yaml, project):
+    with pytest.raises(FileNotFoundError, match="teacher checkpoint 'gone.pt' does not exist"):
+        YOLO("yolov8n.yaml").train(data=data_yaml, Distillation="gone.pt", project=project, **TRAIN)
+    with pytest.raises(ValueError, match="cwd_tau must be > 0"):
+        YOLO("yolov8n.yaml").train(data=data_yaml, Distillation="yolov8s.yaml", cwd_tau=0, project=project, **TRAIN)
+    with pytest.raises(FileNotFoundError, match="model weights 'yolov8x.pt' are not on disk"):
+        YOLO("yolov8x.pt")
+    assert not Path(project).exists()
