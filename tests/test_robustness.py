@@ -23,7 +23,7 @@ from distill import YOLO
 model = YOLO("yolov8n.yaml")
 model.add_callback("on_fit_epoch_end", lambda tr: os._exit(3) if tr.epoch == 0 else None)  # die after epoch 1
 model.train(data={data!r}, Distillation={teacher!r}, loss_type="cwd+mgd", project={project!r}, name="run",
-            epochs=3, imgsz=64, batch=8, workers=0, plots=False, seed=0)
+            distill_schedule="linear", distill_final=0.2, epochs=3, imgsz=64, batch=8, workers=0, plots=False, seed=0)
 """
 
 
@@ -54,8 +54,10 @@ def test_resume_in_python_restores_connectors_exactly(data_yaml, teacher_pt, pro
         "on_pretrain_routine_end",
         lambda tr: seen.update(start=tr.start_epoch, mods={k: v.clone() for k, v in getattr(tr.model, MODULES_ATTR).state_dict().items()}),
     )
+    model.add_callback("on_train_epoch_end", lambda tr: seen.setdefault("factors", []).append(tr.distiller.factor))
     model.train(resume=True)
     assert seen["start"] == 1
+    assert seen["factors"] == pytest.approx([0.6, 0.2])  # the linear schedule continues from epoch 2 of 3
     assert saved.keys() == seen["mods"].keys()
     assert all(torch.equal(saved[k], seen["mods"][k].cpu()) for k in saved)  # bitwise
     run = Path(model.trainer.save_dir)
@@ -149,6 +151,19 @@ def test_nan_takes_ultralytics_recovery_and_distillation_survives(data_yaml, tea
     assert state["epochs_started"] == 4  # epoch 2 was redone after reloading last.pt
     values = _column(Path(model.trainer.save_dir), "train/cwd_loss")
     assert len(values) == 3 and all(math.isfinite(v) and v > 0 for v in values)
+
+
+def test_wrapped_student_needs_no_name_matching(data_yaml, teacher_pt, project):
+    """Under DDP the student is wrapped (names gain a 'module.' prefix); layers are matched by index on the
+    unwrapped model, so a wrapped student distils the same way."""
+    trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=data_yaml, Distillation=teacher_pt,
+                                                 loss_type="cwd", project=project, name="wrapped", **TRAIN))
+    trainer._setup_train()
+    trainer.model = torch.nn.DataParallel(trainer.model)  # CPU: a plain wrapper adding the 'module.' prefix
+    assert next(iter(dict(trainer.model.named_parameters()))).startswith("module.")
+    trainer.model.train()
+    _, items = trainer.model(trainer.preprocess_batch(next(iter(trainer.train_loader))))
+    assert float(items["cwd_loss"]) > 0
 
 
 def test_teacher_forward_builds_no_graph(data_yaml, teacher_pt, project):
