@@ -39,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--device", help="device, e.g. cpu, 0, 0,1")
     g.add_argument("--resume", help="path to last.pt of an interrupted distillation run")
     g.add_argument("--project", default=str(Path.cwd() / "runs" / "distill"), help="folder for runs")
+    g.add_argument("--compare", action="store_true",
+                   help="also train the same student without a teacher (same data, seed, epochs, augmentation) "
+                   "and write a comparison report into the run folder")
     d = p.add_argument_group("distillation")
     d.add_argument("--loss", default=CORE_KEYS["loss_type"][0], help=f"loss name(s), '+'-joined; registered: {', '.join(available_losses())}")
     for key in ("distill_weight", "distill_schedule", "distill_final", "distill_layers", "distill_teacher_layers"):
@@ -86,7 +89,7 @@ def train_args(ns: argparse.Namespace, extra: dict[str, Any], parser: argparse.A
         args.update(yaml.safe_load(Path(ns.config).read_text()) or {})
     defaults = vars(parser.parse_args([]))
     for key, value in vars(ns).items():
-        if key in {"config", "student", "teacher", "data", "resume"} or value is None:
+        if key in {"config", "student", "teacher", "data", "resume", "compare"} or value is None:
             continue
         if key in args and value == defaults.get(key):
             continue  # the preset wins over an untouched default
@@ -139,7 +142,26 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
     student = YOLO(student_path)
     args["Distillation"] = teacher
     student.train(**args)
-    return report(student, teacher)
+    code = report(student, teacher)
+    if ns.compare:
+        compare_with_baseline(student_path, teacher, args, Path(student.trainer.save_dir))
+    return code
+
+
+def compare_with_baseline(student_path: str, teacher: str, args: dict[str, Any], distilled_run: Path) -> None:
+    """Train the same student without the teacher, same recipe, then report both side by side."""
+    from distill.compare import compare, format_report
+    from distill.model import YOLO
+    from distill.trainer import distill_arg_keys
+
+    plain = {k: v for k, v in args.items() if k not in distill_arg_keys()}
+    plain["name"] = f"{distilled_run.name}-baseline"
+    baseline = YOLO(student_path)
+    baseline.train(**plain)
+    trainer = baseline.trainer
+    result = compare(teacher, Path(trainer.save_dir), distilled_run, str(trainer.args.data), trainer.args.imgsz,
+                     trainer.args.batch, trainer.args.device)
+    print(f"\nComparison (also in {distilled_run / 'compare.md'}):\n" + format_report(result))
 
 
 def report(student: Any, teacher: str) -> int:

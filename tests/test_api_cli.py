@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -104,3 +105,26 @@ def test_presets_are_valid_arguments(preset):
 
     args = yaml.safe_load(preset.read_text())
     DistillSettings.from_args(get_cfg(overrides=args))
+
+
+def test_compare_report_end_to_end(data_yaml, teacher_pt, project):
+    cmd = [sys.executable, str(ROOT / "train_distill.py"), "--teacher", teacher_pt, "--data", data_yaml, "--loss",
+           "cwd", "--epochs", "2", "--imgsz", "64", "--batch", "8", "--project", project, "--name", "cmp",
+           "--compare", "workers=0"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = Path(project) / "cmp"
+    assert (Path(project) / "cmp-baseline" / "weights" / "best.pt").exists()
+    baseline_args = yaml.safe_load((Path(project) / "cmp-baseline" / "args.yaml").read_text())
+    distilled_args = yaml.safe_load((run / "args.yaml").read_text())
+    for key in ("seed", "epochs", "imgsz", "batch", "mosaic", "lr0", "data"):  # same recipe
+        assert baseline_args[key] == distilled_args[key]
+    assert baseline_args["Distillation"] is None
+    report = json.loads((run / "compare.json").read_text())
+    assert set(report["cards"]) == {"teacher", "baseline student", "distilled student"}
+    t, b, d = (report["cards"][k] for k in ("teacher", "baseline student", "distilled student"))
+    assert t["params"] > d["params"] == b["params"] and t["gflops"] > d["gflops"] > 0
+    assert report["gain_map50_95"] == pytest.approx(d["map50_95"] - b["map50_95"])
+    assert len(report["curves"]["baseline student"]) == len(report["curves"]["distilled student"]) == 2
+    assert (run / "compare.png").stat().st_size > 1000 and "| distilled student |" in (run / "compare.md").read_text()
+    assert "| baseline student |" in done.stdout and "Gain over the same-recipe baseline" in done.stdout

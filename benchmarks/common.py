@@ -1,0 +1,76 @@
+"""Shared set-up for the benchmarks: the fixed synthetic task, its cached teacher, and method specs."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import distill  # noqa: E402,F401  (offline defaults before ultralytics loads)
+from distill.demo import DEMO_RECIPE, DEMO_SPEC, DEMO_STUDENT, DEMO_STUDENT_EPOCHS, DEMO_TEACHER, DEMO_TEACHER_EPOCHS  # noqa: E402
+from distill.demo import cached_teacher  # noqa: E402
+from distill.synthetic import SyntheticSpec, synthetic_dataset  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark task: data, teacher recipe, student recipe."""
+
+    name: str
+    spec: SyntheticSpec
+    teacher_epochs: int
+    student_epochs: int
+    recipe: dict[str, Any] = field(default_factory=dict)
+
+    def data(self) -> Path:
+        return synthetic_dataset(self.spec)
+
+    def teacher(self, device: str | None = None) -> Path:
+        extra = {"device": device} if device else {}
+        return cached_teacher(DEMO_TEACHER, self.data(), self.teacher_epochs, **self.recipe, **extra)
+
+
+# The full task is the demo's: what the README quotes. Quick is a smoke-sized version for CI.
+FULL = Task("full", DEMO_SPEC, DEMO_TEACHER_EPOCHS, DEMO_STUDENT_EPOCHS, dict(DEMO_RECIPE))
+QUICK = Task("quick", SyntheticSpec(n_train=48, n_val=16, imgsz=96, seed=0), 4, 3, {**DEMO_RECIPE, "imgsz": 64})
+STUDENT = DEMO_STUDENT
+
+
+@dataclass(frozen=True)
+class Method:
+    """'baseline' | 'builtin[:dis=6]' | '<loss>[+<loss>][:key=value,...]', e.g. 'cwd:cwd_weight=10'."""
+
+    spec: str
+
+    @property
+    def kind(self) -> str:
+        head = self.spec.split(":", 1)[0]
+        return head if head in {"baseline", "builtin"} else "distill"
+
+    @property
+    def overrides(self) -> dict[str, Any]:
+        from ultralytics.cfg import smart_value
+
+        head, _, tail = self.spec.partition(":")
+        out = {k: smart_value(v) for k, v in (kv.split("=", 1) for kv in tail.split(",") if kv)}
+        if self.kind == "distill":
+            out["loss_type"] = head
+        return out
+
+    def train_kwargs(self, teacher: Path) -> dict[str, Any]:
+        """Train arguments that turn a plain run into this method."""
+        if self.kind == "baseline":
+            return {}
+        if self.kind == "builtin":  # Ultralytics' own distillation (score-weighted feature MSE)
+            return {"distill_model": str(teacher), **self.overrides}
+        return {"Distillation": str(teacher), **self.overrides}
+
+
+def parse_methods(text: str) -> list[Method]:
+    methods = [Method(s.strip()) for s in text.split(";") if s.strip()]
+    if not methods or methods[0].kind != "baseline":
+        methods.insert(0, Method("baseline"))
+    return methods

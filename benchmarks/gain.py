@@ -1,0 +1,145 @@
+#!/usr/bin/env python
+"""mAP gain of distillation over a same-recipe baseline, per method, over several seeds.
+
+On the embedded synthetic task (fixed size and seed) with a cached yolov8s teacher, trains a yolov8n
+student per seed and method: baseline (no teacher), each method given, and Ultralytics' built-in
+distillation (`distill_model`, weight `dis`). Every run uses the same data, epochs, augmentation and
+seed list. Writes <out>.json, <out>.md and <out>.png.
+
+    python benchmarks/gain.py                       # full mode, 3 seeds (what the README quotes)
+    python benchmarks/gain.py --quick               # smoke-sized, a few minutes on a CPU
+    python benchmarks/gain.py --methods "cwd;cwd:cwd_weight=10;builtin:dis=6"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from common import FULL, QUICK, STUDENT, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
+
+import torch
+from ultralytics import YOLO as PlainYOLO
+
+from distill import YOLO
+
+DEFAULT_METHODS = "baseline;cwd;mgd;mimic;kl;cwd+kl;builtin"
+
+
+def train_once(method, task, teacher: Path, seed: int, project: str, device: str | None) -> dict:
+    """One student run; returns its final mAPs (best.pt on the val split) and wall seconds."""
+    kwargs = {**task.recipe, "epochs": task.student_epochs, "seed": seed, "deterministic": True, "plots": False,
+              "project": project, "name": f"{method.spec.replace(':', '_').replace(',', '_')}-s{seed}",
+              "exist_ok": True, "verbose": False, **({"device": device} if device else {})}
+    model = (PlainYOLO if method.kind == "builtin" else YOLO)(STUDENT)
+    t0 = time.time()
+    model.train(data=str(task.data()), **kwargs, **method.train_kwargs(teacher))
+    return {"seed": seed, "map50_95": float(model.metrics.box.map), "map50": float(model.metrics.box.map50),
+            "seconds": round(time.time() - t0, 1)}
+
+
+def summarise(rows: list[dict], baseline: list[dict] | None, teacher_map: float) -> dict:
+    m = [r["map50_95"] for r in rows]
+    out = {"runs": rows, "map50_95_mean": statistics.mean(m), "map50_95_std": statistics.pstdev(m),
+           "map50_mean": statistics.mean(r["map50"] for r in rows), "map50_std": statistics.pstdev([r["map50"] for r in rows])}
+    if baseline is not None:
+        b = [r["map50_95"] for r in baseline]
+        gain = out["map50_95_mean"] - statistics.mean(b)
+        spread = max(statistics.pstdev(b), out["map50_95_std"])
+        gap = teacher_map - statistics.mean(b)
+        out.update(gain=gain, gain_map50=out["map50_mean"] - statistics.mean(r["map50"] for r in baseline),
+                   spread=spread, significant=gain > 2 * spread,
+                   gap_closed=gain / gap if gap > 0 else float("nan"))
+    return out
+
+
+def write_outputs(result: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    meta, methods = result["meta"], result["methods"]
+    md = [f"# Distillation gain ({meta['task']} task)", "",
+          f"Student {meta['student']}, teacher {meta['teacher']} (mAP50-95 {meta['teacher_map50_95']:.4f}); "
+          f"{meta['n_train']} train / {meta['n_val']} val synthetic images, imgsz {meta['imgsz']}, "
+          f"{meta['epochs']} epochs, seeds {meta['seeds']}, device {meta['device']}. Command: `{meta['command']}`.", "",
+          "| method | mAP50-95 (mean ± sd) | mAP50 (mean ± sd) | gain mAP50-95 | gain mAP50 | gap closed | gain > 2x spread |",
+          "|---|---|---|---|---|---|---|"]
+    for spec, s in methods.items():
+        if "gain" in s:
+            tail = (f"{s['gain']:+.4f} | {s['gain_map50']:+.4f} | {s['gap_closed']:+.0%} | "
+                    f"{'yes' if s['significant'] else 'no'} |")
+        else:
+            tail = "— | — | — | — |"
+        md.append(f"| {spec} | {s['map50_95_mean']:.4f} ± {s['map50_95_std']:.4f} | "
+                  f"{s['map50_mean']:.4f} ± {s['map50_std']:.4f} | {tail}")
+    md += ["", "Gain is against the baseline's mean; spread is the larger of the two methods' seed standard "
+           "deviations; gap closed = gain / (teacher - baseline)."]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    plot(result, out.with_suffix(".png"))
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["methods"])
+    means = [result["methods"][n]["map50_95_mean"] for n in names]
+    sds = [result["methods"][n]["map50_95_std"] for n in names]
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 4))
+    ax.bar(names, means, yerr=sds, capsize=4, color=["#888"] + ["#3a7"] * (len(names) - 1))
+    ax.axhline(result["meta"]["teacher_map50_95"], color="#c33", ls="--", label="teacher")
+    ax.set_ylabel("mAP50-95 (mean ± sd over seeds)")
+    ax.set_title(f"Distillation gain, {result['meta']['task']} task")
+    ax.legend()
+    plt.setp(ax.get_xticklabels(), rotation=20, ha="right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="smoke-sized task (tiny data, 3 epochs)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method (the spread needs 3 or more)")
+    p.add_argument("--methods", default=DEFAULT_METHODS,
+                   help="';'-separated: baseline, builtin[:dis=6], <loss>[+<loss>][:arg=value,...]")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/gain[_quick])")
+    a = p.parse_args(argv)
+    task = QUICK if a.quick else FULL
+    out = Path(a.out or f"benchmarks/results/gain{'_quick' if a.quick else ''}")
+    methods = parse_methods(a.methods)
+    teacher = task.teacher(a.device)
+    tmeta = PlainYOLO(str(teacher)).val(data=str(task.data()), imgsz=task.recipe["imgsz"], batch=task.recipe["batch"],
+                                        plots=False, verbose=False, **({"device": a.device} if a.device else {}))
+    teacher_map = float(tmeta.box.map)
+    runs: dict[str, list[dict]] = {m.spec: [] for m in methods}
+    with tempfile.TemporaryDirectory() as project:
+        for seed in range(a.seeds):  # seeds outermost: an interrupted run still has every method for the first seeds
+            for m in methods:
+                runs[m.spec].append(train_once(m, task, teacher, seed, project, a.device))
+                print(f"[gain] {m.spec} seed {seed}: {runs[m.spec][-1]}", flush=True)
+    baseline = runs["baseline"]
+    result = {
+        "meta": {"task": task.name, "student": STUDENT, "teacher": str(teacher), "teacher_map50_95": teacher_map,
+                 "n_train": task.spec.n_train, "n_val": task.spec.n_val, "imgsz": task.recipe["imgsz"],
+                 "epochs": task.student_epochs, "seeds": a.seeds, "device": a.device or "auto",
+                 "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+                 "command": "python benchmarks/gain.py" + (" " + " ".join(argv) if argv else "")},
+        "methods": {spec: summarise(rows, None if spec == "baseline" else baseline, teacher_map) for spec, rows in runs.items()},
+    }
+    write_outputs(result, out)
+    print((out.with_suffix(".md")).read_text())
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])

@@ -1,0 +1,88 @@
+"""`--compare`: the distilled student against the same student trained without a teacher.
+
+A gain only counts against a same-recipe baseline; this report puts teacher, baseline and
+distilled student side by side, measured in one process on the same validation data.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+
+def model_card(weights: str | Path, data: str, imgsz: int, batch: int, device: Any, project: Path) -> dict[str, float]:
+    """mAP50, mAP50-95, parameters, GFLOPs at `imgsz` and inference ms/image of one checkpoint."""
+    from ultralytics import YOLO
+    from ultralytics.utils.torch_utils import get_flops, get_num_params
+
+    model = YOLO(str(weights))
+    params, gflops = get_num_params(model.model), get_flops(model.model, imgsz)
+    metrics = model.val(data=data, imgsz=imgsz, batch=batch, device=device, plots=False, verbose=False,
+                        project=str(project), name=f"val-{Path(weights).stem}", exist_ok=True)
+    return {"map50": float(metrics.box.map50), "map50_95": float(metrics.box.map), "params": int(params),
+            "gflops": float(gflops), "ms_per_image": float(metrics.speed["inference"])}
+
+
+def map_curve(run: Path) -> list[float]:
+    """mAP50-95 per epoch from a run's results.csv."""
+    with open(run / "results.csv") as f:
+        return [float(row["metrics/mAP50-95(B)"]) for row in ({k.strip(): v for k, v in r.items()} for r in csv.DictReader(f))]
+
+
+def compare(teacher: str | Path, baseline_run: Path, distilled_run: Path, data: str, imgsz: int, batch: int,
+            device: Any = None) -> dict[str, Any]:
+    """Build the report and write compare.json / compare.md / compare.png into `distilled_run`."""
+    work = distilled_run / "compare"
+    cards = {
+        "teacher": model_card(teacher, data, imgsz, batch, device, work),
+        "baseline student": model_card(baseline_run / "weights" / "best.pt", data, imgsz, batch, device, work),
+        "distilled student": model_card(distilled_run / "weights" / "best.pt", data, imgsz, batch, device, work),
+    }
+    t, b, d = (cards[k]["map50_95"] for k in ("teacher", "baseline student", "distilled student"))
+    gap = t - b
+    report = {
+        "cards": cards,
+        "gain_map50_95": d - b,
+        "gain_map50": cards["distilled student"]["map50"] - cards["baseline student"]["map50"],
+        "gap_closed": (d - b) / gap if gap > 0 else None,
+        "curves": {"baseline student": map_curve(baseline_run), "distilled student": map_curve(distilled_run)},
+        "runs": {"baseline": str(baseline_run), "distilled": str(distilled_run), "teacher": str(teacher)},
+    }
+    (distilled_run / "compare.json").write_text(json.dumps(report, indent=2))
+    (distilled_run / "compare.md").write_text(format_report(report) + "\n")
+    plot_curves(report, distilled_run / "compare.png")
+    return report
+
+
+def format_report(report: dict[str, Any]) -> str:
+    rows = ["| model | mAP50 | mAP50-95 | params (M) | GFLOPs | inference ms/img |", "|---|---|---|---|---|---|"]
+    for name, c in report["cards"].items():
+        rows.append(f"| {name} | {c['map50']:.4f} | {c['map50_95']:.4f} | {c['params'] / 1e6:.2f} | "
+                    f"{c['gflops']:.2f} | {c['ms_per_image']:.1f} |")
+    gap = report["gap_closed"]
+    rows += ["", f"Gain over the same-recipe baseline: {report['gain_map50_95']:+.4f} mAP50-95, "
+             f"{report['gain_map50']:+.4f} mAP50; teacher-student gap closed: "
+             + (f"{gap:.0%}." if gap is not None else "n/a (the teacher is not ahead of the baseline)."),
+             "One seed: a gain smaller than the seed-to-seed spread (benchmarks/gain.py measures it) is noise."]
+    return "\n".join(rows)
+
+
+def plot_curves(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, curve in report["curves"].items():
+        ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, label=name)
+    ax.axhline(report["cards"]["teacher"]["map50_95"], color="#c33", ls="--", label="teacher")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mAP50-95 (val)")
+    ax.set_title("Distilled vs same-recipe baseline")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
