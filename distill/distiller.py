@@ -25,7 +25,8 @@ MODULES_ATTR = "distill_modules"  # student attribute holding connectors and los
 def model_name(model: nn.Module) -> str:
     """The YAML a model was built from (e.g. 'yolov8n-p2.yaml'), or its class name."""
     yaml = getattr(model, "yaml", None)
-    return str((yaml or {}).get("yaml_file") or type(model).__name__) if isinstance(yaml, dict) else type(model).__name__
+    name = yaml.get("yaml_file") if isinstance(yaml, dict) else None
+    return str(name or type(model).__name__)
 
 
 def head_outputs(preds: Any) -> dict[str, torch.Tensor]:
@@ -81,12 +82,13 @@ class Distiller:
         fresh = modules.state_dict()
         # Keep trained connectors: the student's own (a DDP worker receives the built student) or the
         # checkpoint's (resume), when they fit these losses and layers.
-        for source in (getattr(student, MODULES_ATTR, None), getattr(weights, MODULES_ATTR, None)):
-            if isinstance(source, nn.ModuleDict):
-                state = source.float().state_dict()
-                if state.keys() == fresh.keys() and all(state[k].shape == fresh[k].shape for k in state):
-                    modules.load_state_dict(state)
-                    break
+        saved = [m for m in (getattr(student, MODULES_ATTR, None), getattr(weights, MODULES_ATTR, None))
+                 if isinstance(m, nn.ModuleDict)]
+        if saved:
+            state = saved[0].float().state_dict()
+            if state.keys() == fresh.keys() and all(state[k].shape == fresh[k].shape for k in state):
+                modules.load_state_dict(state)
+            else:
                 LOGGER.warning("Distillation: saved connectors do not fit these losses/layers; starting fresh.")
         setattr(student, MODULES_ATTR, modules.to(next(student.parameters()).device))
         LOGGER.info(
