@@ -9,11 +9,13 @@ seed list. Writes <out>.json, <out>.md and <out>.png.
     python benchmarks/gain.py                       # full mode, 3 seeds (what the README quotes)
     python benchmarks/gain.py --quick               # smoke-sized, a few minutes on a CPU
     python benchmarks/gain.py --methods "cwd;cwd:cwd_weight=10;builtin:dis=6"
+    python benchmarks/gain.py --data ../shared/data/bccd/data.yaml --imgsz 160 --methods "cwd+kl"
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import platform
 import statistics
@@ -21,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import FULL, QUICK, STUDENT, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
+from common import FULL, QUICK, STUDENT, data_task, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
 
 import torch
 from ultralytics import YOLO as PlainYOLO
@@ -40,7 +42,26 @@ def train_once(method, task, teacher: Path, seed: int, project: str, device: str
     t0 = time.time()
     model.train(data=str(task.data()), **kwargs, **method.train_kwargs(teacher))
     return {"seed": seed, "map50_95": float(model.metrics.box.map), "map50": float(model.metrics.box.map50),
-            "seconds": round(time.time() - t0, 1)}
+            "seconds": round(time.time() - t0, 1), "train_losses": loss_scale(Path(model.trainer.save_dir)),
+            "params": effective_params(model.trainer)}
+
+
+def effective_params(trainer) -> dict:
+    """The distillation hyperparameters a run used, defaults included (they may change between versions)."""
+    if hasattr(trainer, "distiller"):
+        return {name: dict(values) for name, values in trainer.distiller.settings.loss_params.items()}
+    return {"dis": trainer.args.dis} if trainer.args.distill_model else {}
+
+
+def loss_scale(run: Path) -> dict[str, list[float]]:
+    """Per-image train loss items (`train/*` columns of results.csv) at the first and last epoch.
+
+    Shows how big each distillation term is next to the detection terms, which is what a weight sets.
+    """
+    with open(run / "results.csv") as f:
+        rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
+    return {k[len("train/"):]: [round(float(rows[0][k]), 4), round(float(rows[-1][k]), 4)]
+            for k in rows[0] if k.startswith("train/")}
 
 
 def summarise(rows: list[dict], baseline: list[dict] | None, teacher_map: float) -> dict:
@@ -64,8 +85,10 @@ def write_outputs(result: dict, out: Path) -> None:
     meta, methods = result["meta"], result["methods"]
     md = [f"# Distillation gain ({meta['task']} task)", "",
           f"Student {meta['student']}, teacher {meta['teacher']} (mAP50-95 {meta['teacher_map50_95']:.4f}); "
-          f"{meta['n_train']} train / {meta['n_val']} val synthetic images, imgsz {meta['imgsz']}, "
+          f"{meta['n_train']} train / {meta['n_val']} val images, imgsz {meta['imgsz']}, "
           f"{meta['epochs']} epochs, seeds {meta['seeds']}, device {meta['device']}. Command: `{meta['command']}`.", "",
+          *[f"- from `{source}`" for source in meta.get("sources", [])], *([""] if meta.get("sources") else []),
+          *([meta["note"], ""] if meta.get("note") else []),
           "| method | mAP50-95 (mean ± sd) | mAP50 (mean ± sd) | gain mAP50-95 | gain mAP50 | gap closed | gain > 2x spread |",
           "|---|---|---|---|---|---|---|"]
     for spec, s in methods.items():
@@ -109,10 +132,19 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (the spread needs 3 or more)")
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="';'-separated: baseline, builtin[:dis=6], <loss>[+<loss>][:arg=value,...]")
+    p.add_argument("--data", default=None,
+                   help="a data.yaml of your own instead of the synthetic task; the teacher is trained on it once and cached")
+    p.add_argument("--imgsz", type=int, default=None, help="with --data: image size (default: the task's)")
+    p.add_argument("--epochs", type=int, default=None, help="with --data: student epochs (default: the task's)")
+    p.add_argument("--teacher-epochs", type=int, default=None, help="with --data: teacher epochs (default: the task's)")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/gain[_quick])")
     a = p.parse_args(argv)
     task = QUICK if a.quick else FULL
+    if a.data:
+        task = data_task(a.data, task, imgsz=a.imgsz, epochs=a.epochs, teacher_epochs=a.teacher_epochs)
+    elif (a.imgsz, a.epochs, a.teacher_epochs) != (None, None, None):
+        p.error("--imgsz, --epochs and --teacher-epochs go with --data; the synthetic tasks have fixed recipes")
     out = Path(a.out or f"benchmarks/results/gain{'_quick' if a.quick else ''}")
     methods = parse_methods(a.methods)
     teacher = task.teacher(a.device)
@@ -126,9 +158,10 @@ def main(argv: list[str] | None = None) -> dict:
                 runs[m.spec].append(train_once(m, task, teacher, seed, project, a.device))
                 print(f"[gain] {m.spec} seed {seed}: {runs[m.spec][-1]}", flush=True)
     baseline = runs["baseline"]
+    n_train, n_val = task.split_sizes()
     result = {
         "meta": {"task": task.name, "student": STUDENT, "teacher": str(teacher), "teacher_map50_95": teacher_map,
-                 "n_train": task.spec.n_train, "n_val": task.spec.n_val, "imgsz": task.recipe["imgsz"],
+                 "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],
                  "epochs": task.student_epochs, "seeds": a.seeds, "device": a.device or "auto",
                  "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
                  "command": "python benchmarks/gain.py" + (" " + " ".join(argv) if argv else "")},

@@ -22,8 +22,9 @@ SCHEDULES = ("constant", "linear", "cosine")
 # key: (default, help)
 CORE_KEYS: dict[str, tuple[Any, str]] = {
     "Distillation": (None, "teacher: .pt checkpoint, model .yaml, YOLO object or nn.Module"),
-    # Default = best measured: benchmarks/results/gain.md (3 seeds, +0.0121 mAP50-95 over the baseline).
-    "loss_type": ("cwd+kl", "distillation loss name(s) from the registry, '+'-joined, e.g. 'cwd+kl'"),
+    # Default = best measured: benchmarks/results/gain_all.md (kl at weight 0.5, 3 seeds, +0.018 mAP50-95
+    # over the baseline; cwd+kl at the same kl weight +0.009).
+    "loss_type": ("kl", "distillation loss name(s) from the registry, '+'-joined, e.g. 'cwd+kl'"),
     "distill_weight": (1.0, "global multiplier on every distillation term"),
     "distill_schedule": ("constant", f"epoch-level weight schedule: {', '.join(SCHEDULES)}"),
     "distill_final": (0.1, "weight ratio reached at the last epoch by 'linear' and 'cosine'"),
@@ -69,15 +70,21 @@ class DistillSettings:
     final: float = 0.1
     student_layers: list[int] | None = None
     teacher_layers: list[int] | None = None
+    unused: list[str] = field(default_factory=list)  # `<loss>_<param>` changed from default, loss not in use
 
     @classmethod
     def from_args(cls, args: Any) -> "DistillSettings":
         """Read and validate settings from an Ultralytics args namespace; raises ValueError with a fix."""
-        from distill.losses import get_loss_class, parse_loss_spec
+        from distill.losses import available_losses, get_loss_class, parse_loss_spec
 
         get = (lambda k: args.get(k)) if isinstance(args, dict) else (lambda k: getattr(args, k, None))
         losses = parse_loss_spec(get("loss_type") or CORE_KEYS["loss_type"][0])
         params = {name: get_loss_class(name).read_params(get) for name in losses}
+        unused = []  # changed from their defaults although their loss is not in use
+        for name in (n for n in available_losses() if n not in losses):
+            loss_cls = get_loss_class(name)
+            values = loss_cls.read_params(get)  # a bad value is an error even where it has no effect
+            unused += [f"{name}_{k}" for k, v in values.items() if v != loss_cls.params[k][0]]
         weight = _number(get("distill_weight"), "distill_weight", CORE_KEYS["distill_weight"][0])
         if weight < 0:
             raise ValueError(f"distill_weight must be >= 0, got {weight}.")
@@ -88,7 +95,7 @@ class DistillSettings:
         if not 0 <= final <= 1:
             raise ValueError(f"distill_final must be in [0, 1], got {final}.")
         s_layers, t_layers = parse_layers(get("distill_layers")), parse_layers(get("distill_teacher_layers"))
-        return cls(get("Distillation"), losses, params, weight, schedule, final, s_layers, t_layers)
+        return cls(get("Distillation"), losses, params, weight, schedule, final, s_layers, t_layers, unused)
 
     def factor(self, epoch: int, epochs: int) -> float:
         """Schedule multiplier for 0-based `epoch` of `epochs`: 1 at the start, `final` at the last epoch."""

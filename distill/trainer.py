@@ -120,6 +120,9 @@ def preflight(cfg: Any, overrides: dict, teacher: nn.Module | None) -> nn.Module
     """Check arguments, dataset and teacher before any file is written; returns the loaded teacher."""
     args = get_cfg(cfg, overrides)
     settings = DistillSettings.from_args(args)  # loss names and hyperparameters
+    if settings.unused:
+        LOGGER.warning(f"Distillation: {', '.join(settings.unused)} set, but loss_type is "
+                       f"'{'+'.join(settings.losses)}', so they have no effect.")
     if settings.teacher is None:
         raise ValueError("no teacher given: pass Distillation=<teacher .pt | .yaml | YOLO | nn.Module> (CLI: --teacher).")
     data = check_det_dataset(args.data) if args.data else None  # what the trainer loads next anyway

@@ -163,6 +163,14 @@ def test_defaults_are_the_papers_values():
     assert get_loss_class("mgd").params["mask_ratio"][0] == 0.65
 
 
+def test_parameters_of_losses_not_in_use_are_checked_and_reported():
+    assert DistillSettings.from_args({"loss_type": "kl"}).unused == []
+    settings = DistillSettings.from_args({"loss_type": "kl", "cwd_tau": 2.0, "mgd_weight": 1.0, "kl_weight": 3})
+    assert settings.unused == ["cwd_tau"] and settings.loss_params["kl"]["weight"] == 3
+    with pytest.raises(ValueError, match="mgd_mask_ratio must be in"):
+        DistillSettings.from_args({"loss_type": "kl", "mgd_mask_ratio": 1.5})
+
+
 @pytest.mark.parametrize(
     "schedule,factors", [("constant", [1, 1, 1]), ("linear", [1, 0.55, 0.1]), ("cosine", [1, 0.55, 0.1])]
 )
