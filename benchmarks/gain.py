@@ -86,7 +86,7 @@ def write_outputs(result: dict, out: Path) -> None:
     md = [f"# Distillation gain ({meta['task']} task)", "",
           f"Student {meta['student']}, teacher {meta['teacher']} (mAP50-95 {meta['teacher_map50_95']:.4f}); "
           f"{meta['n_train']} train / {meta['n_val']} val images, imgsz {meta['imgsz']}, "
-          f"{meta['epochs']} epochs, seeds {meta['seeds']}, device {meta['device']}. Command: `{meta['command']}`.", "",
+          f"{meta['epochs']} epochs, seeds {meta.get('first_seed', 0)}-{meta.get('first_seed', 0) + meta['seeds'] - 1}, device {meta['device']}. Command: `{meta['command']}`.", "",
           *[f"- from `{source}`" for source in meta.get("sources", [])], *([""] if meta.get("sources") else []),
           *([meta["note"], ""] if meta.get("note") else []),
           "| method | mAP50-95 (mean ± sd) | mAP50 (mean ± sd) | gain mAP50-95 | gain mAP50 | gap closed | gain > 2x spread |",
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smoke-sized task (tiny data, 3 epochs)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (the spread needs 3 or more)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed + seeds - 1")
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="';'-separated: baseline, builtin[:dis=6], <loss>[+<loss>][:arg=value,...]")
     p.add_argument("--data", default=None,
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_map = float(tmeta.box.map)
     runs: dict[str, list[dict]] = {m.spec: [] for m in methods}
     with tempfile.TemporaryDirectory() as project:
-        for seed in range(a.seeds):  # seeds outermost: an interrupted run still has every method for the first seeds
+        for seed in range(a.first_seed, a.first_seed + a.seeds):  # seeds outermost: an interrupted run still has every method for the first seeds
             for m in methods:
                 runs[m.spec].append(train_once(m, task, teacher, seed, project, a.device))
                 print(f"[gain] {m.spec} seed {seed}: {runs[m.spec][-1]}", flush=True)
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "meta": {"task": task.name, "student": STUDENT, "teacher": str(teacher), "teacher_map50_95": teacher_map,
                  "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],
-                 "epochs": task.student_epochs, "seeds": a.seeds, "device": a.device or "auto",
+                 "epochs": task.student_epochs, "seeds": a.seeds, "first_seed": a.first_seed, "device": a.device or "auto",
                  "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
                  "command": "python benchmarks/gain.py" + (" " + " ".join(argv) if argv else "")},
         "methods": {spec: summarise(rows, None if spec == "baseline" else baseline, teacher_map) for spec, rows in runs.items()},

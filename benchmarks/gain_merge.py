@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gain import write_outputs  # noqa: I001  (gain sets sys.path and offline defaults through common)
 
-SAME = ("task", "student", "teacher_map50_95", "n_train", "n_val", "imgsz", "epochs", "seeds")
+SAME = ("task", "student", "teacher_map50_95", "n_train", "n_val", "imgsz", "epochs", "seeds", "first_seed")
 
 
 def merge(results: list[dict], sources: list[str]) -> dict:
@@ -26,7 +26,7 @@ def merge(results: list[dict], sources: list[str]) -> dict:
     first = results[0]
     base = [r["map50_95"] for r in first["methods"]["baseline"]["runs"]]
     for result, source in zip(results[1:], sources[1:]):
-        differ = [k for k in SAME if result["meta"][k] != first["meta"][k]]
+        differ = [k for k in SAME if result["meta"].get(k, 0) != first["meta"].get(k, 0)]
         if differ:
             raise SystemExit(f"{source} is a different task from {sources[0]} ({', '.join(differ)} differ).")
         other = [r["map50_95"] for r in result["methods"]["baseline"]["runs"]]

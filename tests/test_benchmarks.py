@@ -36,7 +36,8 @@ def test_gain_on_a_users_data_yaml(tmp_path, data_yaml):
     """--data trains a teacher on the given dataset (cached) and records each term's size per run."""
     out = tmp_path / "gain"
     _run("gain.py", "--data", data_yaml, "--imgsz", "64", "--epochs", "2", "--teacher-epochs", "1", "--seeds", "1",
-         "--methods", "baseline;cwd+kl", "--out", str(out), env={"DISTILL_CACHE_DIR": str(tmp_path / "cache")})
+         "--first-seed", "5", "--methods", "baseline;cwd+kl;builtin:dis=2", "--out", str(out),
+         env={"DISTILL_CACHE_DIR": str(tmp_path / "cache")})
     result = json.loads(out.with_suffix(".json").read_text())
     meta = result["meta"]
     assert (meta["n_train"], meta["n_val"], meta["imgsz"], meta["epochs"]) == (16, 8, 64, 2)
@@ -44,6 +45,10 @@ def test_gain_on_a_users_data_yaml(tmp_path, data_yaml):
     losses = result["methods"]["cwd+kl"]["runs"][0]["train_losses"]
     assert losses["cwd_loss"][0] > 0 and losses["kl_loss"][0] > 0 and losses["box_loss"][0] > 0
     assert "cwd_loss" not in result["methods"]["baseline"]["runs"][0]["train_losses"]
+    assert [r["seed"] for r in result["methods"]["cwd+kl"]["runs"]] == [5]
+    params = {spec: m["runs"][0]["params"] for spec, m in result["methods"].items()}
+    assert params["baseline"] == {} and params["builtin:dis=2"] == {"dis": 2}
+    assert params["cwd+kl"]["kl"]["weight"] == 0.5 and params["cwd+kl"]["cwd"]["tau"] == 1.0
     done = _run("gain.py", "--imgsz", "64", rc=2)
     assert "go with --data" in done.stderr
 
