@@ -22,15 +22,14 @@ import torch  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 
 from distill import YOLO  # noqa: E402
+from distill.compare import results_columns  # noqa: E402
 from distill.losses import available_losses  # noqa: E402
 from distill.synthetic import SyntheticSpec, synthetic_dataset  # noqa: E402
 
 
 def epoch_seconds(run_dir: Path) -> list[float]:
     """Per-epoch wall seconds from results.csv's cumulative `time` column."""
-    lines = (run_dir / "results.csv").read_text().splitlines()
-    col = [c.strip() for c in lines[0].split(",")].index("time")
-    cumulative = [float(line.split(",")[col]) for line in lines[1:]]
+    cumulative = results_columns(run_dir)["time"]
     return [b - a for a, b in zip([0.0] + cumulative, cumulative)]
 
 

@@ -15,7 +15,6 @@ seed list. Writes <out>.json, <out>.md and <out>.png.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import statistics
@@ -29,6 +28,7 @@ import torch
 from ultralytics import YOLO as PlainYOLO
 
 from distill import YOLO
+from distill.compare import results_columns
 
 DEFAULT_METHODS = "baseline;cwd;mgd;mimic;kl;cwd+kl;builtin"
 
@@ -58,10 +58,8 @@ def loss_scale(run: Path) -> dict[str, list[float]]:
 
     Shows how big each distillation term is next to the detection terms, which is what a weight sets.
     """
-    with open(run / "results.csv") as f:
-        rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader(f)]
-    return {k[len("train/"):]: [round(float(rows[0][k]), 4), round(float(rows[-1][k]), 4)]
-            for k in rows[0] if k.startswith("train/")}
+    return {k[len("train/"):]: [round(v[0], 4), round(v[-1], 4)]
+            for k, v in results_columns(run).items() if k.startswith("train/")}
 
 
 def summarise(rows: list[dict], baseline: list[dict] | None, teacher_map: float) -> dict:

@@ -25,10 +25,16 @@ def model_card(weights: str | Path, data: str, imgsz: int, batch: int, device: A
             "gflops": float(gflops), "ms_per_image": float(metrics.speed["inference"])}
 
 
+def results_columns(run: str | Path) -> dict[str, list[float]]:
+    """A run's results.csv as column name -> one value per epoch (Ultralytics pads the names with spaces)."""
+    with open(Path(run) / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    return {key.strip(): [float(row[key]) for row in rows] for key in (rows[0] if rows else {})}
+
+
 def map_curve(run: Path) -> list[float]:
     """mAP50-95 per epoch from a run's results.csv."""
-    with open(run / "results.csv") as f:
-        return [float(row["metrics/mAP50-95(B)"]) for row in ({k.strip(): v for k, v in r.items()} for r in csv.DictReader(f))]
+    return results_columns(run)["metrics/mAP50-95(B)"]
 
 
 def compare(teacher: str | Path, baseline_run: Path, distilled_run: Path, data: str, imgsz: int, batch: int,

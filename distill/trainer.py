@@ -135,8 +135,6 @@ def preflight(cfg: Any, overrides: dict, teacher: nn.Module | None) -> nn.Module
 
 def check_classes(teacher: nn.Module, names: list[str], settings: DistillSettings) -> None:
     """Logit losses compare class scores one to one: a different class list is an error for them, a warning otherwise."""
-    from distill.losses import get_loss_class
-
     t_names, t_nc = class_names(teacher), teacher.model[-1].nc
     if t_nc == len(names) and (t_names is None or t_names == names):
         return

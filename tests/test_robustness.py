@@ -14,6 +14,7 @@ import torch
 
 from conftest import ROOT, TRAIN
 from distill import YOLO, DistillationTrainer
+from distill.compare import results_columns
 from distill.distiller import MODULES_ATTR
 
 KILLED_RUN = r"""
@@ -37,9 +38,7 @@ def _killed_run(data_yaml, teacher_pt, project) -> Path:
 
 
 def _column(run: Path, name: str) -> list[float]:
-    lines = (run / "results.csv").read_text().splitlines()
-    col = [c.strip() for c in lines[0].split(",")].index(name)
-    return [float(line.split(",")[col]) for line in lines[1:]]
+    return results_columns(run)[name]
 
 
 def test_resume_in_python_restores_connectors_exactly(data_yaml, teacher_pt, project):

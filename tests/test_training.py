@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 
 from conftest import TRAIN
 from distill import YOLO, DistillationTrainer
+from distill.compare import results_columns
 from distill.distiller import MODULES_ATTR, DistillationCriterion
 
 LOSSES = ["cwd", "mgd", "mimic", "kl"]
@@ -31,9 +31,10 @@ def _assert_teacher_untouched(trainer, before: dict[str, torch.Tensor]) -> None:
     assert not any(id(p) in teacher_ids for g in trainer.optimizer.param_groups for p in g["params"])
 
 
-def _results(run_dir: Path) -> list[dict[str, str]]:
-    with open(run_dir / "results.csv") as f:
-        return [{k.strip(): v.strip() for k, v in row.items()} for row in csv.DictReader(f)]
+def _results(run_dir: Path) -> list[dict[str, float]]:
+    """results.csv as one dict per epoch."""
+    columns = results_columns(run_dir)
+    return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
 
 @pytest.mark.parametrize("loss", LOSSES)
