@@ -254,10 +254,17 @@ def test_bad_input_fails_before_training(case, message, data_yaml, teacher_pt, c
     _assert_clean_failure(_cli(*base, *args, cwd=tmp_path), message, project)
 
 
-def test_feature_losses_proceed_with_a_warning_on_other_classes(renamed_data, teacher_pt, project, caplog):
+def test_feature_losses_proceed_with_a_warning_on_other_classes(renamed_data, teacher_pt, project, monkeypatch):
+    import distill.trainer
+
+    warnings: list[str] = []
+    monkeypatch.setattr(distill.trainer.LOGGER, "warning", lambda msg, *a, **k: warnings.append(str(msg)))
     model = YOLO("yolov8n.yaml")
-    model.train(data=renamed_data, Distillation=teacher_pt, loss_type="cwd", project=project, name="warn", **TRAIN)
+    model.train(data=renamed_data, Distillation=teacher_pt, loss_type="cwd", mgd_weight=2, project=project, name="warn",
+                **TRAIN)
     assert (Path(model.trainer.save_dir) / "weights" / "best.pt").exists()
+    assert any("teacher's classes" in w and "feature losses proceed" in w for w in warnings)
+    assert any("mgd_weight set, but loss_type is 'cwd'" in w for w in warnings)  # a parameter with no effect
 
 
 def test_python_api_errors_leave_nothing(data_yaml, project):
