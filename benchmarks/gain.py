@@ -15,9 +15,13 @@ seed list. Writes <out>.json, <out>.md and <out>.png.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
+import os
 import platform
 import statistics
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +29,7 @@ from pathlib import Path
 from common import FULL, QUICK, STUDENT, data_task, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
 
 import torch
+import ultralytics
 from ultralytics import YOLO as PlainYOLO
 
 from distill import YOLO
@@ -62,19 +67,81 @@ def loss_scale(run: Path) -> dict[str, list[float]]:
             for k, v in results_columns(run).items() if k.startswith("train/")}
 
 
+def sample_sd(values: list[float]) -> float:
+    """Sample (n - 1) standard deviation; 0 for a single value."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def paired(rows: list[dict], baseline: list[dict], key: str = "map50_95") -> dict:
+    """Per-seed differences method - baseline on the seeds both ran: mean, standard error, t, and
+    whether the mean exceeds twice its standard error (needs 2+ seeds)."""
+    base = {r["seed"]: r[key] for r in baseline}
+    diffs = [r[key] - base[r["seed"]] for r in rows if r["seed"] in base]
+    n = len(diffs)
+    mean = statistics.mean(diffs) if diffs else float("nan")
+    se = sample_sd(diffs) / math.sqrt(n) if n > 1 else float("nan")
+    t = mean / se if n > 1 and se > 0 else (math.copysign(math.inf, mean) if n > 1 and mean else float("nan"))
+    return {"n": n, "diffs": diffs, "mean": mean, "se": se, "t": t, "ahead": sum(d > 0 for d in diffs),
+            "significant": bool(n > 1 and mean > 2 * se)}
+
+
 def summarise(rows: list[dict], baseline: list[dict] | None, teacher_map: float) -> dict:
-    m = [r["map50_95"] for r in rows]
-    out = {"runs": rows, "map50_95_mean": statistics.mean(m), "map50_95_std": statistics.pstdev(m),
-           "map50_mean": statistics.mean(r["map50"] for r in rows), "map50_std": statistics.pstdev([r["map50"] for r in rows])}
+    """Mean and sample sd over seeds; against a baseline, the paired per-seed gain and the gap closed."""
+    rows = sorted(rows, key=lambda r: r["seed"])
+    m, m50 = [r["map50_95"] for r in rows], [r["map50"] for r in rows]
+    out = {"runs": rows, "map50_95_mean": statistics.mean(m), "map50_95_std": sample_sd(m),
+           "map50_mean": statistics.mean(m50), "map50_std": sample_sd(m50)}
     if baseline is not None:
-        b = [r["map50_95"] for r in baseline]
-        gain = out["map50_95_mean"] - statistics.mean(b)
-        spread = max(statistics.pstdev(b), out["map50_95_std"])
-        gap = teacher_map - statistics.mean(b)
-        out.update(gain=gain, gain_map50=out["map50_mean"] - statistics.mean(r["map50"] for r in baseline),
-                   spread=spread, significant=gain > 2 * spread,
-                   gap_closed=gain / gap if gap > 0 else float("nan"))
+        diff, diff50 = paired(rows, baseline), paired(rows, baseline, "map50")
+        b_mean = statistics.mean(r["map50_95"] for r in baseline if r["seed"] in {x["seed"] for x in rows})
+        gap = teacher_map - b_mean
+        out.update(gain=diff["mean"], gain_se=diff["se"], gain_t=diff["t"], seeds_ahead=diff["ahead"],
+                   paired_n=diff["n"], significant=diff["significant"], gain_map50=diff50["mean"],
+                   gain_map50_se=diff50["se"], gap_closed=diff["mean"] / gap if gap > 0 else float("nan"))
     return out
+
+
+def summarise_all(runs: dict[str, list[dict]], teacher_map: float) -> dict[str, dict]:
+    """summarise() for every method, each against the 'baseline' runs."""
+    return {spec: summarise(rows, None if spec == "baseline" else runs["baseline"], teacher_map)
+            for spec, rows in runs.items()}
+
+
+def machine() -> str:
+    """CPU model and core count, or the GPU's name: absolute times and even mAP depend on it."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def code_version() -> str:
+    """The commit this checkout is at, '+dirty.<hash of the diff>' when it has uncommitted changes,
+    or 'unknown' outside a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        diff = git("diff", "HEAD", "--", ".", ":(exclude)benchmarks/results")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + (f"+dirty.{hashlib.sha1(diff.encode()).hexdigest()[:8]}" if diff else "")
+
+
+def seed_label(seeds: list[int]) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    seeds, parts, i = sorted(seeds), [], 0
+    while i < len(seeds):
+        j = i
+        while j + 1 < len(seeds) and seeds[j + 1] == seeds[j] + 1:
+            j += 1
+        parts.append(str(seeds[i]) if i == j else f"{seeds[i]}-{seeds[j]}")
+        i = j + 1
+    return ", ".join(parts)
 
 
 def write_outputs(result: dict, out: Path) -> None:
@@ -83,22 +150,26 @@ def write_outputs(result: dict, out: Path) -> None:
     meta, methods = result["meta"], result["methods"]
     md = [f"# Distillation gain ({meta['task']} task)", "",
           f"Student {meta['student']}, teacher {meta['teacher']} (mAP50-95 {meta['teacher_map50_95']:.4f}); "
-          f"{meta['n_train']} train / {meta['n_val']} val images, imgsz {meta['imgsz']}, "
-          f"{meta['epochs']} epochs, seeds {meta.get('first_seed', 0)}-{meta.get('first_seed', 0) + meta['seeds'] - 1}, device {meta['device']}. Command: `{meta['command']}`.", "",
+          f"{meta['n_train']} train / {meta['n_val']} val images, imgsz {meta['imgsz']}, {meta['epochs']} epochs, "
+          f"seeds {seed_label(meta['seed_list'])}, device {meta['device']}, machine {meta.get('machine', '?')}, "
+          f"code version {meta.get('code_version', 'unrecorded')}. Command: `{meta['command']}`.", "",
           *[f"- from `{source}`" for source in meta.get("sources", [])], *([""] if meta.get("sources") else []),
           *([meta["note"], ""] if meta.get("note") else []),
-          "| method | mAP50-95 (mean ± sd) | mAP50 (mean ± sd) | gain mAP50-95 | gain mAP50 | gap closed | gain > 2x spread |",
-          "|---|---|---|---|---|---|---|"]
+          "| method | mAP50-95 (mean ± sd) | mAP50 (mean ± sd) | paired gain mAP50-95 (mean ± SE) | t | "
+          "seeds ahead | gain mAP50 (mean ± SE) | gap closed | gain > 2 SE |",
+          "|---|---|---|---|---|---|---|---|---|"]
     for spec, s in methods.items():
         if "gain" in s:
-            tail = (f"{s['gain']:+.4f} | {s['gain_map50']:+.4f} | {s['gap_closed']:+.0%} | "
+            tail = (f"{s['gain']:+.4f} ± {s['gain_se']:.4f} | {s['gain_t']:+.1f} | {s['seeds_ahead']}/{s['paired_n']} | "
+                    f"{s['gain_map50']:+.4f} ± {s['gain_map50_se']:.4f} | {s['gap_closed']:+.0%} | "
                     f"{'yes' if s['significant'] else 'no'} |")
         else:
-            tail = "— | — | — | — |"
+            tail = "— | — | — | — | — | — |"
         md.append(f"| {spec} | {s['map50_95_mean']:.4f} ± {s['map50_95_std']:.4f} | "
                   f"{s['map50_mean']:.4f} ± {s['map50_std']:.4f} | {tail}")
-    md += ["", "Gain is against the baseline's mean; spread is the larger of the two methods' seed standard "
-           "deviations; gap closed = gain / (teacher - baseline)."]
+    md += ["", "sd: sample standard deviation over seeds. Gains are paired: per seed, method minus the baseline "
+           "trained with the same seed (same data order and initialisation); mean ± standard error of those "
+           "differences, t = mean / SE. gap closed = gain / (teacher - baseline)."]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     plot(result, out.with_suffix(".png"))
 
@@ -137,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", type=int, default=None, help="with --data: student epochs (default: the task's)")
     p.add_argument("--teacher-epochs", type=int, default=None, help="with --data: teacher epochs (default: the task's)")
     p.add_argument("--device", default=None)
+    p.add_argument("--note", default=None, help="what the run is for (e.g. 'confirmation seeds'), kept in the outputs")
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/gain[_quick])")
     a = p.parse_args(argv)
     task = QUICK if a.quick else FULL
@@ -150,23 +222,23 @@ def main(argv: list[str] | None = None) -> dict:
     tmeta = PlainYOLO(str(teacher)).val(data=str(task.data()), imgsz=task.recipe["imgsz"], batch=task.recipe["batch"],
                                         plots=False, verbose=False, **({"device": a.device} if a.device else {}))
     teacher_map = float(tmeta.box.map)
+    n_train, n_val = task.split_sizes()
+    meta = {"task": task.name, "student": STUDENT, "teacher": str(teacher), "teacher_map50_95": teacher_map,
+            "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"], "epochs": task.student_epochs,
+            "seed_list": [], "device": a.device or "auto", "machine": machine(),
+            "code_version": code_version(),  # before training: what ran, even if the checkout changes meanwhile
+            "ultralytics": ultralytics.__version__, "torch": torch.__version__,
+            "command": "python benchmarks/gain.py" + (" " + " ".join(argv) if argv else ""),
+            **({"note": a.note} if a.note else {})}
     runs: dict[str, list[dict]] = {m.spec: [] for m in methods}
     with tempfile.TemporaryDirectory() as project:
-        for seed in range(a.first_seed, a.first_seed + a.seeds):  # seeds outermost: an interrupted run still has every method for the first seeds
-            for m in methods:
+        for seed in range(a.first_seed, a.first_seed + a.seeds):  # seeds outermost, outputs after each seed:
+            for m in methods:                                      # an interrupted run keeps its finished seeds
                 runs[m.spec].append(train_once(m, task, teacher, seed, project, a.device))
                 print(f"[gain] {m.spec} seed {seed}: {runs[m.spec][-1]}", flush=True)
-    baseline = runs["baseline"]
-    n_train, n_val = task.split_sizes()
-    result = {
-        "meta": {"task": task.name, "student": STUDENT, "teacher": str(teacher), "teacher_map50_95": teacher_map,
-                 "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],
-                 "epochs": task.student_epochs, "seeds": a.seeds, "first_seed": a.first_seed, "device": a.device or "auto",
-                 "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-                 "command": "python benchmarks/gain.py" + (" " + " ".join(argv) if argv else "")},
-        "methods": {spec: summarise(rows, None if spec == "baseline" else baseline, teacher_map) for spec, rows in runs.items()},
-    }
-    write_outputs(result, out)
+            meta["seed_list"].append(seed)
+            result = {"meta": meta, "methods": summarise_all(runs, teacher_map)}
+            write_outputs(result, out)
     print((out.with_suffix(".md")).read_text())
     return result
 

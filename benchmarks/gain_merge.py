@@ -1,12 +1,13 @@
 #!/usr/bin/env python
-"""Merge several `gain.py` results of the same task into one table (e.g. a main run and weight sweeps).
+"""Pool several `gain.py` results of one task into one table: other methods (e.g. weight sweeps) and
+extra seeds (`--first-seed` slices) alike, then recompute every statistic over the pooled seeds.
 
-Training is deterministic per seed, so runs of the same recipe give the same baseline, seed for seed;
-the merge checks that (and the task) and refuses otherwise. Where two files hold the same method,
-the first one given wins. Methods are listed by name.
+The runs must be the same task and the same code: equal task fields and an equal recorded code
+version (commit, Ultralytics, torch). Training is deterministic per seed, so a seed that two files
+both ran must give the same mAP in both; the merge refuses otherwise. A single file is re-summarised.
 
-    python benchmarks/gain_merge.py benchmarks/results/gain.json benchmarks/results/gain_sweep.json \\
-        --out benchmarks/results/gain_all
+    python benchmarks/gain_merge.py benchmarks/results/gain_bccd.json benchmarks/results/gain_bccd_seeds3-5.json \\
+        --out benchmarks/results/gain_bccd_all
 """
 
 from __future__ import annotations
@@ -16,40 +17,74 @@ import json
 import math
 from pathlib import Path
 
-from gain import write_outputs  # noqa: I001  (gain sets sys.path and offline defaults through common)
+from gain import summarise_all, write_outputs  # noqa: I001  (gain sets sys.path and offline defaults through common)
 
-SAME = ("task", "student", "teacher_map50_95", "n_train", "n_val", "imgsz", "epochs", "seeds", "first_seed")
+SAME_TASK = ("task", "student", "teacher_map50_95", "n_train", "n_val", "imgsz", "epochs")
+SAME_CODE = ("code_version", "ultralytics", "torch")
+UNRECORDED = "unrecorded"
 
 
-def merge(results: list[dict], sources: list[str]) -> dict:
-    """One result dict with the union of the methods; SystemExit when the runs are not comparable."""
-    first = results[0]
-    base = [r["map50_95"] for r in first["methods"]["baseline"]["runs"]]
-    for result, source in zip(results[1:], sources[1:]):
-        differ = [k for k in SAME if result["meta"].get(k, 0) != first["meta"].get(k, 0)]
+def seeds_of(meta: dict) -> list[int]:
+    """The seeds a result ran (older files stored a count and a first seed)."""
+    if "seed_list" in meta:
+        return list(meta["seed_list"])
+    return list(range(meta.get("first_seed", 0), meta.get("first_seed", 0) + meta["seeds"]))
+
+
+def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = False) -> dict:
+    """One result with the union of methods and seeds; SystemExit when the runs are not comparable."""
+    first = results[0]["meta"]
+    for result, source in zip(results, sources):
+        meta = result["meta"]
+        missing = [k for k in SAME_CODE if k not in meta]
+        if missing and not allow_unrecorded:
+            raise SystemExit(f"{source} does not record its {', '.join(missing)}: it cannot be shown to be the same "
+                             "code as the others. Re-run it, or pass --allow-unrecorded to pool it anyway.")
+        differ = [k for k in SAME_TASK if meta.get(k) != first.get(k)]
         if differ:
             raise SystemExit(f"{source} is a different task from {sources[0]} ({', '.join(differ)} differ).")
-        other = [r["map50_95"] for r in result["methods"]["baseline"]["runs"]]
-        if len(other) != len(base) or not all(math.isclose(a, b, abs_tol=1e-9) for a, b in zip(base, other)):
-            raise SystemExit(f"the baselines of {sources[0]} and {source} differ ({base} vs {other}): "
-                             "not the same recipe, or a different Ultralytics/torch version.")
-    union: dict[str, dict] = {}
-    for result in results:
+        differ = [k for k in SAME_CODE if meta.get(k, UNRECORDED) != first.get(k, UNRECORDED)]
+        if differ:
+            raise SystemExit(f"{source} ran other code than {sources[0]} ({', '.join(differ)} differ: "
+                             f"{[meta.get(k, UNRECORDED) for k in differ]} vs {[first.get(k, UNRECORDED) for k in differ]}).")
+    runs: dict[str, dict[int, dict]] = {}
+    origin: dict[tuple[str, int], str] = {}
+    for result, source in zip(results, sources):
         for spec, summary in result["methods"].items():
-            union.setdefault(spec, summary)
-    methods = {"baseline": union.pop("baseline"), **dict(sorted(union.items()))}
+            for row in summary["runs"]:
+                known = runs.setdefault(spec, {}).get(row["seed"])
+                if known is not None and not math.isclose(known["map50_95"], row["map50_95"], abs_tol=1e-9):
+                    raise SystemExit(f"{spec} seed {row['seed']} gave {known['map50_95']} in "
+                                     f"{origin[spec, row['seed']]} but {row['map50_95']} in {source}: not the same "
+                                     "recipe, or training is not deterministic here.")
+                if known is None:
+                    runs[spec][row["seed"]], origin[spec, row["seed"]] = row, source
+    if "baseline" not in runs:
+        raise SystemExit("no baseline runs in the given files.")
+    ordered = {"baseline": runs.pop("baseline"), **dict(sorted(runs.items()))}
+    lists = {spec: [by_seed[s] for s in sorted(by_seed)] for spec, by_seed in ordered.items()}
+    for spec, rows in lists.items():
+        unpaired = sorted({r["seed"] for r in rows} - set(ordered["baseline"]))
+        if unpaired:
+            raise SystemExit(f"{spec} ran seeds {unpaired} that no baseline ran: its gain could not be paired.")
     notes = [f"{src}: {r['meta']['note']}" for r, src in zip(results, sources) if r["meta"].get("note")]
-    meta = {**first["meta"], "command": "python benchmarks/gain_merge.py " + " ".join(sources),
+    meta = {**first, "seed_list": sorted({s for by_seed in ordered.values() for s in by_seed}),
+            "command": "python benchmarks/gain_merge.py " + " ".join(sources),
             "sources": [r["meta"]["command"] for r in results], "note": " ".join(notes)}
-    return {"meta": meta, "methods": methods}
+    meta.pop("seeds", None), meta.pop("first_seed", None)
+    for key in SAME_CODE:
+        meta.setdefault(key, UNRECORDED)
+    return {"meta": meta, "methods": summarise_all(lists, first["teacher_map50_95"])}
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", nargs="+", help="gain.py JSON files of the same task")
     p.add_argument("--out", required=True, help="output prefix: writes .json, .md, .png")
+    p.add_argument("--allow-unrecorded", action="store_true",
+                   help="pool files written before gain.py recorded its code version (marked 'unrecorded')")
     a = p.parse_args(argv)
-    merged = merge([json.loads(Path(f).read_text()) for f in a.results], a.results)
+    merged = merge([json.loads(Path(f).read_text()) for f in a.results], a.results, a.allow_unrecorded)
     write_outputs(merged, Path(a.out))
     print(Path(a.out).with_suffix(".md").read_text())
     return merged
