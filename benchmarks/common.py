@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import platform
+import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -99,3 +105,33 @@ def parse_methods(text: str) -> list[Method]:
     if not methods or methods[0].kind != "baseline":
         methods.insert(0, Method("baseline"))
     return methods
+
+
+def machine() -> str:
+    """CPU model and core count, or the GPU's name: absolute times and even mAP depend on it."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+UNKNOWN_VERSION = "unknown"
+
+
+def code_version() -> str:
+    """The commit this checkout is at, '+dirty.<hash of the diff>' when it has uncommitted changes,
+    or 'unknown' outside a git checkout."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
+
+    try:
+        commit = git("rev-parse", "HEAD").strip()
+        changes = git("diff", "HEAD", "--", ".", ":(exclude)benchmarks/results")
+        for name in git("ls-files", "--others", "--exclude-standard", "--", ".", ":(exclude)benchmarks/results").split():
+            changes += name + (root / name).read_text(errors="replace")
+    except (OSError, subprocess.CalledProcessError):
+        return UNKNOWN_VERSION
+    return commit + (f"+dirty.{hashlib.sha1(changes.encode()).hexdigest()[:8]}" if changes else "")

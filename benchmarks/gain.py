@@ -15,18 +15,14 @@ seed list. Writes <out>.json, <out>.md and <out>.png.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
-import os
-import platform
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
-from common import FULL, QUICK, STUDENT, data_task, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
+from common import FULL, QUICK, STUDENT, code_version, data_task, machine, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
 
 import torch
 import ultralytics
@@ -105,31 +101,6 @@ def summarise_all(runs: dict[str, list[dict]], teacher_map: float) -> dict[str, 
     """summarise() for every method, each against the 'baseline' runs."""
     return {spec: summarise(rows, None if spec == "baseline" else runs["baseline"], teacher_map)
             for spec, rows in runs.items()}
-
-
-def machine() -> str:
-    """CPU model and core count, or the GPU's name: absolute times and even mAP depend on it."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{cpu}, {os.cpu_count()} cores"
-
-
-def code_version() -> str:
-    """The commit this checkout is at, '+dirty.<hash of the diff>' when it has uncommitted changes,
-    or 'unknown' outside a git checkout."""
-    root = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
-
-    try:
-        commit = git("rev-parse", "HEAD").strip()
-        diff = git("diff", "HEAD", "--", ".", ":(exclude)benchmarks/results")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return commit + (f"+dirty.{hashlib.sha1(diff.encode()).hexdigest()[:8]}" if diff else "")
 
 
 def seed_label(seeds: list[int]) -> str:

@@ -18,6 +18,7 @@ import math
 from pathlib import Path
 
 from gain import summarise_all, write_outputs  # noqa: I001  (gain sets sys.path and offline defaults through common)
+from common import UNKNOWN_VERSION
 
 SAME_TASK = ("task", "student", "teacher_map50_95", "n_train", "n_val", "imgsz", "epochs")
 SAME_CODE = ("code_version", "ultralytics", "torch")
@@ -36,7 +37,7 @@ def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = Fals
     first = results[0]["meta"]
     for result, source in zip(results, sources):
         meta = result["meta"]
-        missing = [k for k in SAME_CODE if k not in meta]
+        missing = [k for k in SAME_CODE if meta.get(k, UNKNOWN_VERSION) == UNKNOWN_VERSION]
         if missing and not allow_unrecorded:
             raise SystemExit(f"{source} does not record its {', '.join(missing)}: it cannot be shown to be the same "
                              "code as the others. Re-run it, or pass --allow-unrecorded to pool it anyway.")

@@ -1,10 +1,14 @@
 #!/usr/bin/env python
 """Training-step cost of distillation: seconds per step and peak memory for plain student training,
-each of our losses and Ultralytics' built-in distillation, on the same batches, plus the lower bound
-(a plain student step + one teacher forward without gradients) and each method's ratio to it.
+each of our losses and Ultralytics' built-in distillation, against the lower bound (a plain student
+step plus one teacher forward without gradients).
 
-Each method runs in a fresh process (so peak memory is its own) through the trainer's own step:
-preprocess_batch -> forward + loss -> backward -> optimizer_step. Writes <out>.json and <out>.md.
+Time: one process builds every method's trainer and times their steps interleaved (step i of every
+method, in an order rotated each step, then the next i), on the same batches, through the trainer's own
+step: preprocess_batch -> forward + loss -> backward -> optimizer_step. The lower bound is its own slot
+in the same loop (the plain trainer's step and a teacher forward, timed together), so slow drift of the
+machine hits every method alike. Memory: each method in a fresh process, so its peak is its own; the
+plain run never loads a teacher. Writes <out>.json and <out>.md.
 
     python benchmarks/overhead.py                  # CPU here; CUDA (with AMP) where available
     python benchmarks/overhead.py --quick          # smoke-sized
@@ -22,11 +26,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import STUDENT, Method, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
+from common import STUDENT, Method, code_version, machine, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
 
 import torch
 
 DEFAULT_METHODS = "baseline;cwd;mgd;mimic;kl;builtin"
+LOWER_BOUND = "lower bound"
 
 
 def _sync(device: torch.device) -> None:
@@ -34,56 +39,100 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure(method: Method, teacher: str, data: str, imgsz: int, batch: int, warmup: int, steps: int, device: str) -> dict:
-    """Run in the child process: time `steps` training steps after `warmup`, on seeded batches."""
+def build(method: Method, teacher: str, data: str, imgsz: int, batch: int, device: str, project: str):
+    """A set-up trainer for `method`, ready to step."""
     from ultralytics.models.yolo.detect import DetectionTrainer
-    from ultralytics.utils.torch_utils import autocast
 
     from distill import DistillationTrainer
+
+    overrides = dict(model=STUDENT, data=data, imgsz=imgsz, batch=batch, epochs=1, workers=0, plots=False, seed=0,
+                     deterministic=True, project=project, name=method.spec.replace(":", "_"), device=device,
+                     verbose=False, **method.train_kwargs(Path(teacher)))
+    trainer = (DistillationTrainer if method.kind == "distill" else DetectionTrainer)(overrides=overrides)
+    trainer._setup_train()
+    trainer.model.train()
+    return trainer
+
+
+def step(trainer, raw: dict) -> dict:
+    """One training step through the trainer's own code; returns its loss items."""
+    from ultralytics.utils.torch_utils import autocast
+
+    with autocast(trainer.amp, device=trainer.device.type):
+        b = trainer.preprocess_batch({k: v.clone() if torch.is_tensor(v) else v for k, v in raw.items()})
+        loss, items = trainer.model(b)
+    trainer.scaler.scale(loss.sum()).backward()
+    trainer.optimizer_step()
+    return items
+
+
+def time_all(methods: list[str], teacher: str, data: str, imgsz: int, batch: int, warmup: int, steps: int,
+             device: str) -> dict:
+    """Child process: interleaved timing of every method and of the lower bound."""
+    from ultralytics.utils.torch_utils import autocast
+
     from distill.teacher import freeze, load_teacher
 
     with tempfile.TemporaryDirectory() as project:
-        overrides = dict(model=STUDENT, data=data, imgsz=imgsz, batch=batch, epochs=1, workers=0, plots=False,
-                         seed=0, deterministic=True, project=project, name="run", device=device, verbose=False,
-                         **method.train_kwargs(Path(teacher)))
-        trainer = (DistillationTrainer if method.kind == "distill" else DetectionTrainer)(overrides=overrides)
-        trainer._setup_train()
-        trainer.model.train()
-        loader = iter(trainer.train_loader)
+        trainers = {spec: build(Method(spec), teacher, data, imgsz, batch, device, project) for spec in methods}
+        plain = trainers[methods[0]]
+        dev = plain.device
+        frozen = freeze(load_teacher(teacher), dev)
+        loader = iter(plain.train_loader)
         batches = [next(loader) for _ in range(warmup + steps)]
+
+        def lower_bound(raw: dict) -> dict:
+            items = step(plain, raw)
+            with torch.no_grad(), autocast(plain.amp, device=dev.type):
+                frozen(raw["img"].to(dev).float() / 255)
+            return items
+
+        slots = {**{spec: (lambda raw, t=t: step(t, raw)) for spec, t in trainers.items()}, LOWER_BOUND: lower_bound}
+        names = list(slots)
+        times: dict[str, list[float]] = {n: [] for n in names}
+        items: dict[str, list[str]] = {}
+        for i, raw in enumerate(batches):
+            for name in names[i % len(names):] + names[:i % len(names)]:  # rotate: no method is always first
+                _sync(dev)
+                t0 = time.perf_counter()
+                out = slots[name](raw)
+                _sync(dev)
+                if i >= warmup:
+                    times[name].append(time.perf_counter() - t0)
+                items.setdefault(name, sorted(out))
+        return {"step_s": {n: statistics.median(v) for n, v in times.items()}, "loss_items": items,
+                "device": str(dev), "amp": bool(plain.amp)}
+
+
+def peak_memory(method: str, teacher: str, data: str, imgsz: int, batch: int, warmup: int, steps: int,
+                device: str) -> dict:
+    """Child process: peak memory of `method` alone over warmup + steps training steps."""
+    with tempfile.TemporaryDirectory() as project:
+        trainer = build(Method(method), teacher, data, imgsz, batch, device, project)
         dev = trainer.device
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
-        times = []
-        for i, raw in enumerate(batches):
-            _sync(dev)
-            t0 = time.perf_counter()
-            with autocast(trainer.amp, device=dev.type):
-                b = trainer.preprocess_batch({k: v.clone() if torch.is_tensor(v) else v for k, v in raw.items()})
-                loss, _ = trainer.model(b)
-            trainer.scaler.scale(loss.sum()).backward()
-            trainer.optimizer_step()
-            _sync(dev)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
-        out = {"method": method.spec, "step_s": statistics.median(times), "device": str(dev), "amp": bool(trainer.amp)}
-        if method.kind == "baseline":  # the lower bound's second half: one teacher forward, no graph
-            t = freeze(load_teacher(teacher), dev)
-            fwd = []
-            for i, raw in enumerate(batches):
-                img = raw["img"].to(dev).float() / 255
-                _sync(dev)
-                t0 = time.perf_counter()
-                with torch.no_grad(), autocast(trainer.amp, device=dev.type):
-                    t(img)
-                _sync(dev)
-                if i >= warmup:
-                    fwd.append(time.perf_counter() - t0)
-            out["teacher_forward_s"] = statistics.median(fwd)
-        out["peak_mb"] = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
-                          else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-        out["peak_kind"] = "CUDA max allocated" if dev.type == "cuda" else "process max RSS"
-        return out
+        loader = iter(trainer.train_loader)
+        for _ in range(warmup + steps):
+            step(trainer, next(loader))
+        _sync(dev)
+        peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
+        return {"peak_mb": peak, "peak_kind": "CUDA max allocated" if dev.type == "cuda" else "process max RSS",
+                "teacher_loaded": hasattr(trainer, "distiller") or bool(trainer.args.distill_model)}
+
+
+def child(job: dict) -> dict:
+    run = {"time": time_all, "memory": peak_memory}[job.pop("mode")]
+    return run(**job)
+
+
+def run_child(job: dict) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True)
+    line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    if done.returncode or not line:
+        raise SystemExit(f"{job['mode']} job failed:\n{done.stderr[-3000:]}")
+    return json.loads(line[0][len("RESULT "):])
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -92,15 +141,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--methods", default=DEFAULT_METHODS, help="';'-separated, as in gain.py")
     p.add_argument("--imgsz", type=int, default=None, help="default 256 on CPU, 640 on CUDA (64 with --quick)")
     p.add_argument("--batch", type=int, default=None, help="default 16 (4 with --quick)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default 10, 3 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per method (default 10, 3 with --quick)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default=None, help="default: cuda:0 if available, else cpu")
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/overhead[_quick])")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: JSON of one measurement job
     a = p.parse_args(argv)
     if a.child:
-        job = json.loads(a.child)
-        print("RESULT " + json.dumps(measure(Method(job.pop("method")), **job)))
+        print("RESULT " + json.dumps(child(json.loads(a.child))))
         return {}
 
     from ultralytics.nn.tasks import DetectionModel
@@ -114,39 +162,39 @@ def main(argv: list[str] | None = None) -> dict:
     batch = a.batch or (4 if a.quick else 16)
     steps = a.steps or (3 if a.quick else 10)
     data = synthetic_dataset(SyntheticSpec(n_train=max(batch * (steps + a.warmup), 16), n_val=8, imgsz=max(imgsz, 96), seed=0))
-    rows = []
+    methods = [m.spec for m in parse_methods(a.methods)]
     with tempfile.TemporaryDirectory() as tmp:
         teacher = save_teacher(DetectionModel("yolov8s.yaml", nc=6, verbose=False), Path(tmp) / "teacher.pt")
-        for m in parse_methods(a.methods):
-            job = {"method": m.spec, "teacher": str(teacher), "data": str(data), "imgsz": imgsz, "batch": batch,
-                   "warmup": a.warmup, "steps": steps, "device": device}
-            done = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)], capture_output=True, text=True)
-            line = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-            if done.returncode or not line:
-                raise SystemExit(f"{m.spec} failed:\n{done.stderr[-3000:]}")
-            rows.append(json.loads(line[0][7:]))
-            print(f"[overhead] {rows[-1]}", flush=True)
-    plain = rows[0]
-    bound = plain["step_s"] + plain["teacher_forward_s"]
-    for r in rows:
-        r["ratio_to_plain"] = r["step_s"] / plain["step_s"]
-        r["ratio_to_lower_bound"] = r["step_s"] / bound
-    result = {"meta": {"student": STUDENT, "teacher": "yolov8s", "imgsz": imgsz, "batch": batch, "steps": steps,
-                       "warmup": a.warmup, "device": rows[0]["device"], "amp": rows[0]["amp"], "torch": torch.__version__,
-                       "command": "python benchmarks/overhead.py" + (" " + " ".join(argv) if argv else ""),
-                       "lower_bound_s": bound},
-              "rows": rows}
+        shared = {"teacher": str(teacher), "data": str(data), "imgsz": imgsz, "batch": batch, "warmup": a.warmup,
+                  "steps": steps, "device": device}
+        memory = {}
+        for spec in methods:
+            memory[spec] = run_child({"mode": "memory", "method": spec, **shared})
+            print(f"[overhead] memory {spec}: {memory[spec]}", flush=True)
+        timing = run_child({"mode": "time", "methods": methods, **shared})
+    plain, bound = timing["step_s"][methods[0]], timing["step_s"][LOWER_BOUND]
+    rows = [{"method": spec, "step_s": timing["step_s"][spec], "ratio_to_plain": timing["step_s"][spec] / plain,
+             "ratio_to_lower_bound": timing["step_s"][spec] / bound, "loss_items": timing["loss_items"][spec],
+             **memory[spec]} for spec in methods]
+    meta = {"student": STUDENT, "teacher": "yolov8s", "imgsz": imgsz, "batch": batch, "steps": steps, "warmup": a.warmup,
+            "device": timing["device"], "amp": timing["amp"], "torch": torch.__version__, "machine": machine(),
+            "code_version": code_version(), "lower_bound_s": bound, "lower_bound_ratio_to_plain": bound / plain,
+            "command": "python benchmarks/overhead.py" + (" " + " ".join(argv) if argv else "")}
+    result = {"meta": meta, "rows": rows}
     out = Path(a.out or f"benchmarks/results/overhead{'_quick' if a.quick else ''}")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    md = [f"# Training-step overhead ({result['meta']['device']}, AMP {'on' if result['meta']['amp'] else 'off'})", "",
-          f"{STUDENT} student, yolov8s teacher, imgsz {imgsz}, batch {batch}, median of {steps} steps after "
-          f"{a.warmup} warm-up, same batches for every method. Lower bound = plain step + teacher forward "
-          f"without gradients = {bound:.3f} s. Command: `{result['meta']['command']}`.", "",
+    md = [f"# Training-step overhead ({meta['device']}, AMP {'on' if meta['amp'] else 'off'})", "",
+          f"{STUDENT} student, yolov8s teacher, imgsz {imgsz}, batch {batch}; median of {steps} steps after "
+          f"{a.warmup} warm-up, every method and the lower bound interleaved in one loop on the same batches. "
+          f"Lower bound = plain step + teacher forward without gradients, timed as one slot: {bound:.3f} s "
+          f"({bound / plain:.2f}x plain). Machine: {meta['machine']}; code {meta['code_version']}. "
+          f"Command: `{meta['command']}`.", "",
           "| method | s/step | ratio to plain | ratio to lower bound | peak memory (MB) |", "|---|---|---|---|---|"]
     md += [f"| {r['method']} | {r['step_s']:.3f} | {r['ratio_to_plain']:.2f} | {r['ratio_to_lower_bound']:.2f} | "
            f"{r['peak_mb']:.0f} |" for r in rows]
-    md += ["", f"Peak memory is the {rows[0]['peak_kind']} of each method's own process."]
+    md += ["", f"Peak memory: the {rows[0]['peak_kind']} of each method's own process over the same steps; the plain "
+           "run never loads a teacher. Absolute times depend on the machine; compare ratios."]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return result

@@ -7,6 +7,7 @@ With no `--data`, runs the embedded demo on synthetic data (and trains/caches a 
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,9 @@ from distill.config import CORE_KEYS
 from distill.losses import available_losses, get_loss_class
 
 # CLI flag -> train argument, for the options whose names differ
-RENAMED = {"teacher": "Distillation", "loss": "loss_type", "student": None}
+RENAMED = {"loss": "loss_type"}
+# CLI options that are not train arguments (the CLI consumes them itself)
+NOT_TRAIN_ARGS = {"config", "student", "teacher", "resume", "compare"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,32 +85,38 @@ def parse_extra(tokens: list[str]) -> dict[str, Any]:
     return out
 
 
-def train_args(ns: argparse.Namespace, extra: dict[str, Any], parser: argparse.ArgumentParser) -> dict[str, Any]:
-    """Train kwargs: preset < flags the user typed < passthrough arguments."""
-    args: dict[str, Any] = {}
+def typed_options(argv: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
+    """The options the user actually typed (dest -> value), whatever their value: a typed flag beats a
+    preset even when it repeats the flag's default (`--config cwd.yaml --loss kl` trains kl)."""
+    bare = copy.deepcopy(parser)
+    for action in bare._actions:
+        action.default = argparse.SUPPRESS
+    ns, _ = bare.parse_known_args(argv)
+    return vars(ns)
+
+
+def train_args(ns: argparse.Namespace, extra: dict[str, Any], typed: dict[str, Any]) -> dict[str, Any]:
+    """Train kwargs: untyped defaults < preset < flags the user typed < passthrough arguments."""
+    args: dict[str, Any] = {"project": ns.project}
     if ns.config:
-        args.update(yaml.safe_load(Path(ns.config).read_text()) or {})
-    defaults = vars(parser.parse_args([]))
-    for key, value in vars(ns).items():
-        if key in {"config", "student", "teacher", "data", "resume", "compare"} or value is None:
-            continue
-        if key in args and value == defaults.get(key):
-            continue  # the preset wins over an untouched default
-        args[RENAMED.get(key) or key] = value
-    if "loss" in args:
-        args["loss_type"] = args.pop("loss")
-    if ns.data:
-        args["data"] = ns.data
+        preset = yaml.safe_load(Path(ns.config).read_text()) or {}
+        if not isinstance(preset, dict):
+            raise ValueError(f"--config {ns.config}: expected a YAML mapping of train arguments, got {type(preset).__name__}.")
+        args.update(preset)
+    for key, value in typed.items():
+        if key not in NOT_TRAIN_ARGS:
+            args[RENAMED.get(key, key)] = value
     args.update(extra)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     ns, rest = parser.parse_known_args(argv)
     extra = parse_extra(rest)
     try:
-        return run(ns, train_args(ns, extra, parser))
+        return run(ns, train_args(ns, extra, typed_options(argv, parser)))
     except (ValueError, FileNotFoundError, TypeError, SyntaxError) as e:
         print(f"train_distill.py: error: {e}", file=sys.stderr)
         return 2
@@ -129,7 +138,7 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
         args["data"] = str(demo_data())
         for key, value in {**DEMO_RECIPE, "epochs": DEMO_STUDENT_EPOCHS}.items():
             args.setdefault(key, value)
-    teacher = ns.teacher
+    teacher = ns.teacher or args.pop("Distillation", None)  # a preset may name the teacher
     if teacher is None:
         if not demo:
             raise ValueError("--teacher is required with --data (the default teacher exists only for the synthetic demo).")

@@ -28,8 +28,11 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
     "distill_weight": (1.0, "global multiplier on every distillation term"),
     "distill_schedule": ("constant", f"epoch-level weight schedule: {', '.join(SCHEDULES)}"),
     "distill_final": (0.1, "weight ratio reached at the last epoch by 'linear' and 'cosine'"),
-    "distill_layers": (None, "student layer indices to distil, e.g. '15,18,21' (default: the Detect head inputs)"),
-    "distill_teacher_layers": (None, "teacher layer indices paired with distill_layers (default: its Detect inputs)"),
+    "distill_layers": (None, "student layer indices to distil, e.g. '15,18,21'; negative ones count back from the "
+                       "head (-1: the layer feeding it). Default: the Detect head inputs"),
+    "distill_teacher_layers": (None, "teacher layer indices paired with distill_layers. Default: the teacher's "
+                               "Detect inputs, position for position; other layers keep their index where both "
+                               "models share a layout"),
 }
 
 

@@ -16,7 +16,7 @@ from ultralytics.utils import LOGGER
 
 from distill.config import DistillSettings
 from distill.connectors import align, build_connectors
-from distill.features import FeatureRecorder, probe_shapes, resolve_layers
+from distill.features import FeatureRecorder, pair_layers, probe_shapes
 from distill.losses import build_loss
 
 MODULES_ATTR = "distill_modules"  # student attribute holding connectors and loss-owned layers
@@ -41,6 +41,7 @@ class Distiller:
 
     def __init__(self, teacher: nn.Module, settings: DistillSettings) -> None:
         self.teacher = teacher
+        self.device = next(teacher.parameters()).device
         self.settings = settings
         self.losses = {name: build_loss(name, settings.loss_params.get(name)) for name in settings.losses}
         self.needs_features = any(loss.kind == "feature" for loss in self.losses.values())
@@ -55,12 +56,17 @@ class Distiller:
         self.factor = 1.0
 
     # ---- set-up -------------------------------------------------------------------------------------------------
+    def to(self, device: torch.device) -> "Distiller":
+        """Put the teacher on `device`, the student's training device."""
+        self.teacher.to(device)
+        self.device = device
+        return self
+
     def attach(self, student: nn.Module, weights: nn.Module | None = None) -> None:
         """Resolve layers, probe shapes, check compatibility, and give `student` its trainable modules,
         keeping those it already has or `weights` carries (resume) when they fit. Idempotent."""
         s = self.settings
-        self.student_layers = resolve_layers(student, s.student_layers, "student")
-        self.teacher_layers = resolve_layers(self.teacher, s.teacher_layers or s.student_layers, "teacher")
+        self.student_layers, self.teacher_layers = pair_layers(student, self.teacher, s.student_layers, s.teacher_layers)
         if len(self.student_layers) != len(self.teacher_layers):
             raise ValueError(
                 f"the student ({model_name(student)}) distils {len(self.student_layers)} levels (layers "
@@ -72,8 +78,8 @@ class Distiller:
             self._check_heads(student)
         if not self.needs_features:
             return
-        s_shapes = probe_shapes(student, self.student_layers)
-        t_shapes = probe_shapes(self.teacher, self.teacher_layers)
+        s_shapes = probe_shapes(student, self.student_layers, "student")
+        t_shapes = probe_shapes(self.teacher, self.teacher_layers, "teacher")
         t_channels = [c for c, _, _ in t_shapes]
         modules = nn.ModuleDict({"connectors": build_connectors([c for c, _, _ in s_shapes], t_channels)})
         for name, loss in self.losses.items():

@@ -8,31 +8,81 @@ import torch
 from torch import nn
 
 
+def head_index(model: nn.Module) -> int:
+    """Index of the head, the last layer; distillable layers are 0 .. head_index - 1."""
+    return len(model.model) - 1
+
+
 def detect_inputs(model: nn.Module) -> list[int]:
-    """Indices of the layers feeding the Detect head (`model.model[-1].f`), e.g. [15, 18, 21] for YOLOv8."""
+    """Indices of the layers feeding the Detect head (`model.model[-1].f`), e.g. [15, 18, 21] for YOLOv8.
+    Ultralytics' `from` counts negative entries back from the layer itself: -1 is the layer before the head."""
     head = model.model[-1]
     sources = head.f if isinstance(head.f, (list, tuple)) else [head.f]
-    n = len(model.model)
-    return [i % n if i < 0 else i for i in sources]  # Ultralytics allows -1 for "previous layer"
+    return [head_index(model) + i if i < 0 else i for i in sources]
 
 
-def resolve_layers(model: nn.Module, layers: list[int] | None, who: str) -> list[int]:
-    """Explicit `layers` (checked against the model's depth) or the Detect inputs."""
-    if layers is None:
-        return detect_inputs(model)
-    n = len(model.model)
+def resolve_layers(model: nn.Module, layers: list[int], who: str) -> list[int]:
+    """Explicit layer indices, checked against the model's depth. Negative ones count back from the head
+    like Ultralytics' `from`: -1 is the layer feeding the head, -2 the one before it."""
+    h = head_index(model)
     out = []
     for i in layers:
-        if not -n <= i < n - 1:
-            raise ValueError(f"{who} layer {i} is out of range: the model has layers 0..{n - 2} before its head.")
-        out.append(i % n)
+        j = h + i if i < 0 else i
+        if not 0 <= j < h:
+            raise ValueError(f"{who} layer {i} is out of range: the model has layers 0..{h - 1} before its head "
+                             f"(or -1..-{h}, counted back from the head).")
+        out.append(j)
     return out
 
 
+def same_layout(a: nn.Module, b: nn.Module) -> bool:
+    """True when two models have the same layer types wired the same way (e.g. yolov8n and yolov8s),
+    so that a layer index means the same place in both."""
+    if len(a.model) != len(b.model):
+        return False
+    return all(type(x) is type(y) and x.f == y.f for x, y in zip(a.model, b.model))
+
+
+def pair_layers(student: nn.Module, teacher: nn.Module, s_layers: list[int] | None,
+                t_layers: list[int] | None) -> tuple[list[int], list[int]]:
+    """Student and teacher layers to distil, level by level.
+
+    Unset on both sides: each model's Detect inputs. Set on one side only: the other side takes, for a
+    Detect input, the other model's Detect input at the same position (YOLOv8's 15/18/21 pair with
+    YOLO11's 16/19/22); for any other layer the same index, when both models share their layout."""
+    s_in, t_in = detect_inputs(student), detect_inputs(teacher)
+    if s_layers is None and t_layers is None:
+        return s_in, t_in
+    s = resolve_layers(student, s_layers, "student") if s_layers is not None else None
+    t = resolve_layers(teacher, t_layers, "teacher") if t_layers is not None else None
+    if s is None:
+        return _counterpart(t, teacher, student, t_in, s_in, "distill_layers"), t
+    if t is None:
+        return s, _counterpart(s, student, teacher, s_in, t_in, "distill_teacher_layers")
+    return s, t
+
+
+def _counterpart(layers: list[int], given: nn.Module, other: nn.Module, given_in: list[int], other_in: list[int],
+                 missing: str) -> list[int]:
+    if all(i in given_in for i in layers) and len(given_in) == len(other_in):
+        return [other_in[given_in.index(i)] for i in layers]
+    if same_layout(given, other):
+        return list(layers)
+    raise ValueError(f"layers {layers} are not all Detect inputs ({given_in}) and the two models are laid out "
+                     f"differently, so their counterparts are unknown: set {missing} as well.")
+
+
+def _describe(output) -> str:
+    if torch.is_tensor(output):
+        return f"a tensor of shape {tuple(output.shape)}"
+    return f"a {type(output).__name__} of {len(output)}" if isinstance(output, (tuple, list)) else type(output).__name__
+
+
 @torch.no_grad()
-def probe_shapes(model: nn.Module, layers: list[int], imgsz: int = 128) -> list[tuple[int, int, int]]:
+def probe_shapes(model: nn.Module, layers: list[int], who: str = "model", imgsz: int = 128) -> list[tuple[int, int, int]]:
     """(C, H, W) of each layer's output for one blank `imgsz` image, found by a dry run in eval mode
-    (eval so that the probe leaves BatchNorm statistics untouched)."""
+    (eval so that the probe leaves BatchNorm statistics untouched). ValueError for a layer whose output is
+    not one (B, C, H, W) map (e.g. CBLinear's tuple of splits)."""
     was_training = model.training
     recorder = FeatureRecorder(stop_when_complete=True)
     ch = model.yaml.get("channels", 3) if isinstance(getattr(model, "yaml", None), dict) else 3
@@ -41,9 +91,14 @@ def probe_shapes(model: nn.Module, layers: list[int], imgsz: int = 128) -> list[
         model.eval()
         with recorder.armed([model.model[i] for i in layers]):
             recorder.run(model, torch.zeros(1, ch, imgsz, imgsz, device=param.device, dtype=param.dtype))
-        return [tuple(f.shape[1:]) for f in recorder.take()]
+        outputs = recorder.take()
     finally:
         model.train(was_training)
+    for i, out in zip(layers, outputs):
+        if not (torch.is_tensor(out) and out.dim() == 4):
+            raise ValueError(f"{who} layer {i} ({type(model.model[i]).__name__}) outputs {_describe(out)}, not one "
+                             "(B, C, H, W) feature map; choose other layers with distill_layers / distill_teacher_layers.")
+    return [tuple(f.shape[1:]) for f in outputs]
 
 
 class _Complete(Exception):

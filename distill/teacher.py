@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from copy import deepcopy
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from ultralytics.nn.modules import Detect
 from ultralytics.nn.tasks import DetectionModel
 
 from distill.checkpoints import read_checkpoint
+from distill.config import IN_MEMORY_TEACHER
 
 
 def load_teacher(source: Any, nc: int | None = None) -> nn.Module:
@@ -57,7 +59,7 @@ def teacher_save_path(save_dir: Path, ddp_launch: bool) -> Path:
     return save_dir.with_name(f"{save_dir.name}-teacher.pt") if ddp_launch else save_dir / "teacher.pt"
 
 
-def freeze(teacher: nn.Module, device: torch.device) -> nn.Module:
+def freeze(teacher: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
     """A private fp32 copy in eval mode (BatchNorm statistics fixed), without gradients, on `device`.
 
     The copy matters: models built from YAMLs in one process share Ultralytics' `Conv.default_act`
@@ -69,10 +71,21 @@ def freeze(teacher: nn.Module, device: torch.device) -> nn.Module:
     return teacher
 
 
+def needs_teacher_file(source: Any) -> bool:
+    """True for a teacher that no file of weights names yet: an in-memory model, or a model .yaml
+    (random weights that a rebuild would draw anew)."""
+    return source == IN_MEMORY_TEACHER or Path(str(source)).suffix in {".yaml", ".yml"}
+
+
 def save_teacher(teacher: nn.Module, path: Path) -> Path:
     """Write `teacher` as an Ultralytics-loadable checkpoint (so DDP workers and resume can rebuild it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": teacher, "train_args": {}, "epoch": -1, "date": None}, tmp)
-    tmp.replace(path)
+    atomic_save({"model": teacher, "train_args": {}, "epoch": -1, "date": None}, path)
     return path
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save through a temporary file, so that `path` is complete or untouched."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)

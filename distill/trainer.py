@@ -12,13 +12,14 @@ from torch import nn
 from ultralytics.cfg import get_cfg
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.models.yolo.detect import DetectionTrainer
-from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, YAML
-from ultralytics.utils.torch_utils import unwrap_model
+from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, YAML
+from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
 
 from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings
 from distill.distiller import MODULES_ATTR, Distiller
 from distill.losses import get_loss_class
-from distill.teacher import class_names, freeze, load_teacher, save_teacher, teacher_save_path
+from distill.teacher import (atomic_save, class_names, freeze, load_teacher, needs_teacher_file, save_teacher,
+                             teacher_save_path)
 
 
 class DistillationTrainer(DetectionTrainer):
@@ -41,8 +42,9 @@ class DistillationTrainer(DetectionTrainer):
             settings = DistillSettings.from_args(self.args)
             if teacher is None:  # resume: rebuilt from the path recorded in the checkpoint's args
                 teacher = load_teacher(settings.teacher, nc=self.data["nc"])
-            if self.args.Distillation == IN_MEMORY_TEACHER and RANK in {-1, 0}:
-                # DDP workers and resume rebuild the trainer from args alone: give the teacher a path.
+            if needs_teacher_file(self.args.Distillation) and RANK in {-1, 0}:
+                # DDP workers and resume rebuild the trainer from args alone: give the teacher a file, so that
+                # every rank and every resume gets these weights (a .yaml would be re-randomised each time).
                 path = save_teacher(teacher, teacher_save_path(self.save_dir, self.ddp))
                 self.args.Distillation = settings.teacher = str(path)
                 YAML.save(self.save_dir / "args.yaml", vars(self.args))
@@ -52,7 +54,13 @@ class DistillationTrainer(DetectionTrainer):
         if self.args.compile:
             LOGGER.warning("Distillation: 'compile' is disabled because feature hooks need eager mode.")
             self.args.compile = False
-        self.distiller = Distiller(freeze(teacher, self.device), settings)
+        # On the CPU until _setup_train: a DDP worker learns its own GPU only there (_setup_ddp).
+        self.distiller = Distiller(freeze(teacher), settings)
+
+    def _setup_train(self):
+        """Ultralytics' set-up, with the teacher first moved to this rank's device (final by now)."""
+        self.distiller.to(self.device)
+        return super()._setup_train()
 
     def get_model(self, cfg=None, weights: nn.Module | None = None, verbose: bool = True):
         """Student from Ultralytics, with connectors and loss layers attached before the optimizer is built."""
@@ -93,12 +101,15 @@ class DistillationTrainer(DetectionTrainer):
 
     def final_eval(self):
         """Strip distillation-only layers from the final checkpoints (keeping the trained connectors in
-        weights/distill_modules.pt), then Ultralytics' own final step."""
-        for f in (self.last, self.best):
-            if f.exists():
-                modules = finalize_checkpoint(f, self.distill_record())
-                if f == self.last and modules is not None:
-                    torch.save(modules.state_dict(), self.wdir / "distill_modules.pt")
+        weights/distill_modules.pt), then Ultralytics' own final step. Under DDP only rank 0 writes, while
+        the other ranks wait, as in Ultralytics' own final_eval."""
+        with torch_distributed_zero_first(LOCAL_RANK):
+            if RANK in {-1, 0}:
+                for f in (self.last, self.best):
+                    if f.exists():
+                        modules = finalize_checkpoint(f, self.distill_record())
+                        if f == self.last and modules is not None:
+                            atomic_save(modules.state_dict(), self.wdir / "distill_modules.pt")
         return super().final_eval()
 
     def distill_record(self) -> dict[str, Any]:
@@ -178,7 +189,5 @@ def finalize_checkpoint(path: Path, record: dict[str, Any]) -> nn.Module | None:
             elif args is not None:
                 model.args = {k: v for k, v in vars(args).items() if k not in keys}
     ckpt["distill"] = record
-    tmp = path.with_suffix(".tmp")
-    torch.save(ckpt, tmp)
-    tmp.replace(path)
+    atomic_save(ckpt, path)
     return removed

@@ -38,32 +38,32 @@ def project(tmp_path) -> str:
     return str(tmp_path / "runs")
 
 
+NETGUARD = Path(__file__).resolve().parent / "netguard"
+
+
 @pytest.fixture(scope="session", autouse=True)
-def no_network():
-    """Fail the session if anything (Ultralytics included) tries to reach a non-local host."""
-    import socket
+def no_network(tmp_path_factory):
+    """Fail the session if anything (Ultralytics included) tries to reach a non-local host, in this process
+    or in any Python subprocess a test starts: they inherit PYTHONPATH and load netguard/sitecustomize.py."""
+    import importlib.util
+    import os
 
-    attempts: list[str] = []
-    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
-    local = ("127.", "::1", "localhost", "0.0.0.0")
+    log = tmp_path_factory.mktemp("net") / "attempts.log"
+    log.touch()
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "DISTILL_NET_LOG")}
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD), saved["PYTHONPATH"]]))
+    os.environ["DISTILL_NET_LOG"] = str(log)
+    spec = importlib.util.spec_from_file_location("distill_netguard", NETGUARD / "sitecustomize.py")
+    spec.loader.exec_module(importlib.util.module_from_spec(spec))  # this process: the same guard
 
-    def guarded_connect(sock, address):
-        host = address[0] if isinstance(address, tuple) else str(address)
-        if not str(host).startswith(local) and sock.family != getattr(socket, "AF_UNIX", None):
-            attempts.append(f"connect {address}")
-            raise OSError("network disabled in tests")
-        return real_connect(sock, address)
-
-    def guarded_getaddrinfo(host, *args, **kwargs):
-        if host is not None and not str(host).startswith(local):
-            attempts.append(f"resolve {host}")
-            raise socket.gaierror("network disabled in tests")
-        return real_getaddrinfo(host, *args, **kwargs)
-
-    socket.socket.connect, socket.getaddrinfo = guarded_connect, guarded_getaddrinfo
-    yield
-    socket.socket.connect, socket.getaddrinfo = real_connect, real_getaddrinfo
-    assert not attempts, f"network access attempted: {attempts}"
+    yield log
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    attempts = log.read_text().strip()
+    assert not attempts, f"network access attempted:\n{attempts}"
 
 
 @pytest.fixture(autouse=True)

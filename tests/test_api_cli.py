@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,22 +13,23 @@ import torch
 import yaml
 
 from conftest import ROOT, TRAIN
-from distill import YOLO
+from distill import YOLO, available_losses
 from distill.cli import parse_extra
+from distill.distiller import MODULES_ATTR
 
 CLEAN_LOAD = r"""
 import sys
 sys.modules["distill"] = None  # any pickled reference to our package would fail to import
 import numpy as np, torch
 from ultralytics import YOLO
-path = sys.argv[1]
-globals_needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-assert not [g for g in globals_needed if "distill" in g.split(".")[0]], globals_needed
-model = YOLO(path)
-assert not hasattr(model.model, "distill_modules")
-model.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, verbose=False)
-out = model.export(format="torchscript", imgsz=64)
-print("EXPORTED", out)
+for path in sys.argv[1:]:
+    globals_needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    assert not [g for g in globals_needed if "distill" in g.split(".")[0]], globals_needed
+    model = YOLO(path)
+    assert not hasattr(model.model, "distill_modules")
+    model.predict(np.zeros((64, 64, 3), dtype=np.uint8), imgsz=64, verbose=False)
+    out = model.export(format="torchscript", imgsz=64)
+    print("EXPORTED", path, out)
 """
 
 
@@ -35,6 +37,9 @@ def test_python_api_with_in_memory_teacher(data_yaml, teacher_pt, project):
     model_t = YOLO(teacher_pt)
     flags = [(p.requires_grad, p.dtype) for p in model_t.model.parameters()], model_t.model.training
     model_s = YOLO("yolov8n.yaml")
+    seen = {}
+    model_s.add_callback("on_pretrain_routine_end", lambda tr: seen.update(
+        initial={k: v.clone() for k, v in getattr(tr.model, MODULES_ATTR).state_dict().items()}))
     model_s.train(data=data_yaml, Distillation=model_t.model, loss_type="cwd", project=project, name="api", **TRAIN)
     # the caller's teacher object is left as it was (the trainer distils from a private frozen copy)
     assert ([(p.requires_grad, p.dtype) for p in model_t.model.parameters()], model_t.model.training) == flags
@@ -46,11 +51,16 @@ def test_python_api_with_in_memory_teacher(data_yaml, teacher_pt, project):
     ckpt = torch.load(best, map_location="cpu", weights_only=False)
     assert ckpt["distill"]["losses"] == ["cwd"] and ckpt["distill"]["student_layers"] == [15, 18, 21]
     assert not hasattr(ckpt["model"], "distill_modules")
-    saved = torch.load(run / "weights" / "distill_modules.pt", map_location="cpu")  # trained connectors kept aside
-    assert any(k.startswith("connectors.") for k in saved)
-    done = subprocess.run([sys.executable, "-c", CLEAN_LOAD, str(best)], capture_output=True, text=True, cwd=run)
+    # the trained connectors are kept aside: exactly the EMA's (what last.pt held), and no longer at their init
+    saved = torch.load(run / "weights" / "distill_modules.pt", map_location="cpu")
+    trained = {k: v.half() for k, v in getattr(model_s.trainer.ema.ema, MODULES_ATTR).state_dict().items()}
+    assert saved.keys() == trained.keys() and any(k.startswith("connectors.") for k in saved)
+    assert all(torch.equal(saved[k], trained[k].cpu()) for k in saved)
+    assert any(not torch.equal(saved[k], v.half()) for k, v in seen["initial"].items())
+    last = run / "weights" / "last.pt"
+    done = subprocess.run([sys.executable, "-c", CLEAN_LOAD, str(best), str(last)], capture_output=True, text=True, cwd=run)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "EXPORTED" in done.stdout
+    assert f"EXPORTED {best}" in done.stdout and f"EXPORTED {last}" in done.stdout
 
 
 def test_cli_end_to_end(data_yaml, teacher_pt, project):
@@ -97,14 +107,60 @@ def test_passthrough_argument_forms():
     }
 
 
-@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.stem)
-def test_presets_are_valid_arguments(preset):
-    from ultralytics.cfg import get_cfg
+PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 
-    from distill.config import DistillSettings
 
-    args = yaml.safe_load(preset.read_text())
-    DistillSettings.from_args(get_cfg(overrides=args))
+def _loss_columns(run: Path) -> set[str]:
+    header = (run / "results.csv").read_text().splitlines()[0]
+    return {c.strip()[len("train/"):-len("_loss")] for c in header.split(",")
+            if c.strip().startswith("train/") and c.strip()[len("train/"):-len("_loss")] in available_losses()}
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
+def test_each_preset_trains_its_own_losses(preset, data_yaml, teacher_pt, project):
+    """`--config <preset>` trains the preset's losses with its values: in the trainer, args.yaml and results.csv."""
+    from distill.cli import main
+
+    values = yaml.safe_load(preset.read_text())
+    code = main(["--config", str(preset), "--teacher", teacher_pt, "--data", data_yaml, "--epochs", "1",
+                 "--imgsz", "64", "--batch", "8", "--project", project, "--name", preset.stem, "workers=0", "plots=False"])
+    assert code == 0
+    run = Path(project) / preset.stem
+    record = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=False)["distill"]  # what trained
+    expected = values["loss_type"].split("+")
+    assert record["losses"] == expected
+    for key, value in values.items():
+        name, _, param = key.partition("_")
+        if name in expected:
+            assert record["params"][name][param] == value, key
+    assert yaml.safe_load((run / "args.yaml").read_text())["loss_type"] == values["loss_type"]
+    assert _loss_columns(run) == set(expected)
+
+
+def test_typed_flags_beat_the_preset(data_yaml, teacher_pt, project):
+    """Typed flags win over the preset, even when they repeat the CLI's default value (--loss kl)."""
+    from distill.cli import build_parser, parse_extra, train_args, typed_options
+
+    argv = ["--config", str(ROOT / "configs" / "cwd_kl.yaml"), "--loss", "kl", "--kl-weight", "1.0", "lr0=0.02"]
+    parser = build_parser()
+    ns, rest = parser.parse_known_args(argv)
+    args = train_args(ns, parse_extra(rest), typed_options(argv, parser))
+    assert (args["loss_type"], args["kl_weight"], args["lr0"], args["kl_temperature"]) == ("kl", 1.0, 0.02, 1.0)
+    model = YOLO("yolov8n.yaml")
+    model.train(data=data_yaml, Distillation=teacher_pt, name="typed", **{**args, "project": project}, **TRAIN)
+    assert list(model.trainer.distiller.losses) == ["kl"] and model.trainer.distiller.losses["kl"].weight == 1.0
+    assert _loss_columns(Path(model.trainer.save_dir)) == {"kl"}
+
+
+def test_subprocesses_are_network_guarded(tmp_path):
+    """conftest's guard reaches every Python subprocess through the inherited environment."""
+    log = tmp_path / "net.log"
+    code = ("import socket\ntry:\n    socket.create_connection(('example.com', 80), timeout=1)\n"
+            "except OSError as e:\n    print('BLOCKED', e)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "DISTILL_NET_LOG": str(log)})
+    assert "BLOCKED network disabled in tests" in done.stdout, done.stdout + done.stderr
+    assert "resolve example.com" in log.read_text()
 
 
 def test_compare_report_end_to_end(data_yaml, teacher_pt, project):

@@ -1,13 +1,21 @@
-"""Both benchmarks run end to end in --quick mode and write their JSON / Markdown / PNG outputs."""
+"""The benchmarks: their statistics, their outputs in --quick mode, and the pooling of results."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
+import statistics
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from gain import paired, summarise  # noqa: E402
 
 METHODS = "baseline;cwd;mgd;mimic;kl;cwd+kl;builtin"
 
@@ -19,16 +27,50 @@ def _run(script: str, *args: str, env: dict | None = None, rc: int = 0) -> subpr
     return done
 
 
+def _rows(values: dict[int, float]) -> list[dict]:
+    return [{"seed": s, "map50_95": v, "map50": 2 * v} for s, v in values.items()]
+
+
+def test_paired_statistics_by_hand():
+    """Seeds differ a lot from each other but the method is ahead on every one: the paired test sees it,
+    where an unpaired comparison of means against the seed spread would not."""
+    base = _rows({0: 0.10, 1: 0.20, 2: 0.30})
+    method = _rows({0: 0.12, 1: 0.21, 2: 0.33})
+    d = paired(method, base)
+    assert d["diffs"] == pytest.approx([0.02, 0.01, 0.03])
+    assert d["mean"] == pytest.approx(0.02) and d["se"] == pytest.approx(0.01 / math.sqrt(3))
+    assert d["t"] == pytest.approx(0.02 / (0.01 / math.sqrt(3))) and d["significant"] and d["ahead"] == 3
+    s = summarise(method, base, teacher_map=0.4)
+    assert s["map50_95_std"] == pytest.approx(statistics.stdev([0.12, 0.21, 0.33]))  # sample, not population
+    assert s["map50_95_std"] > statistics.pstdev([0.12, 0.21, 0.33])
+    assert s["gain"] == pytest.approx(0.02) and s["gap_closed"] == pytest.approx(0.02 / (0.4 - 0.2))
+    assert s["gain"] < 2 * s["map50_95_std"]  # the old unpaired rule would have called this noise
+    # pairs are formed by seed, not by position; a seed the baseline lacks is left out
+    shuffled = paired(_rows({2: 0.33, 0: 0.12, 7: 0.9}), base)
+    assert shuffled["n"] == 2 and sorted(shuffled["diffs"]) == pytest.approx([0.02, 0.03])
+    one = paired(_rows({0: 0.5}), base)
+    assert one["n"] == 1 and math.isnan(one["se"]) and not one["significant"]  # one seed proves nothing
+
+
 def test_gain_quick(tmp_path):
     out = tmp_path / "gain"
-    _run("gain.py", "--quick", "--seeds", "2", "--methods", METHODS, "--out", str(out))
+    _run("gain.py", "--quick", "--seeds", "2", "--methods", METHODS, "--note", "smoke", "--out", str(out))
     result = json.loads(out.with_suffix(".json").read_text())
+    meta = result["meta"]
+    assert meta["seed_list"] == [0, 1] and meta["note"] == "smoke"
+    assert re.fullmatch(r"[0-9a-f]{40}(\+dirty\.[0-9a-f]{8})?", meta["code_version"]), meta["code_version"]
+    assert meta["ultralytics"] and meta["torch"] and meta["machine"]
     assert list(result["methods"]) == METHODS.split(";")
+    base = {r["seed"]: r["map50_95"] for r in result["methods"]["baseline"]["runs"]}
     for spec, summary in result["methods"].items():
-        assert len(summary["runs"]) == 2 and {r["seed"] for r in summary["runs"]} == {0, 1}
-        if spec != "baseline":
-            assert {"gain", "gap_closed", "significant", "spread"} <= set(summary)
-    assert "| builtin |" in out.with_suffix(".md").read_text()
+        assert [r["seed"] for r in summary["runs"]] == [0, 1]
+        if spec != "baseline":  # the gain is the mean of the per-seed differences
+            diffs = [r["map50_95"] - base[r["seed"]] for r in summary["runs"]]
+            assert summary["gain"] == pytest.approx(statistics.mean(diffs), abs=1e-12)
+            assert summary["gain_se"] == pytest.approx(statistics.stdev(diffs) / math.sqrt(2), abs=1e-12)
+            assert summary["significant"] == (summary["gain"] > 2 * summary["gain_se"])
+    md = out.with_suffix(".md").read_text()
+    assert "| builtin |" in md and "paired gain mAP50-95 (mean ± SE)" in md and meta["code_version"] in md
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
@@ -58,35 +100,59 @@ def test_overhead_quick(tmp_path):
     _run("overhead.py", "--quick", "--methods", "baseline;cwd;mgd;mimic;kl;builtin", "--out", str(out))
     result = json.loads(out.with_suffix(".json").read_text())
     rows = {r["method"]: r for r in result["rows"]}
-    assert set(rows) == {"baseline", "cwd", "mgd", "mimic", "kl", "builtin"}
-    assert rows["baseline"]["ratio_to_plain"] == 1.0 and rows["baseline"]["teacher_forward_s"] > 0
-    assert all(r["step_s"] > 0 and r["peak_mb"] > 0 and r["ratio_to_lower_bound"] > 0 for r in rows.values())
-    assert result["meta"]["lower_bound_s"] > rows["baseline"]["step_s"]
+    assert list(rows) == ["baseline", "cwd", "mgd", "mimic", "kl", "builtin"]
+    # every timed method really distilled (its term was in the loss), the plain one did not
+    assert not any(k.endswith("_loss") and k[:-5] in {"cwd", "mgd", "mimic", "kl", "dis"} for k in rows["baseline"]["loss_items"])
+    for name in ("cwd", "mgd", "mimic", "kl"):
+        assert f"{name}_loss" in rows[name]["loss_items"], rows[name]["loss_items"]
+    assert "dis_loss" in rows["builtin"]["loss_items"]
+    # memory: the plain process never loaded a teacher, every other one did
+    assert not rows["baseline"]["teacher_loaded"] and all(rows[m]["teacher_loaded"] for m in rows if m != "baseline")
+    plain = rows["baseline"]["step_s"]
+    for r in rows.values():
+        assert r["step_s"] > 0 and r["peak_mb"] > 0
+        assert r["ratio_to_plain"] == pytest.approx(r["step_s"] / plain)
+        assert r["ratio_to_lower_bound"] == pytest.approx(r["step_s"] / result["meta"]["lower_bound_s"])
+    assert result["meta"]["lower_bound_ratio_to_plain"] == pytest.approx(result["meta"]["lower_bound_s"] / plain)
 
 
-def test_gain_merge_joins_same_task_runs_and_refuses_others(tmp_path):
-    def result(baseline: list[float], methods: dict[str, float], epochs: int = 30) -> dict:
-        runs = lambda values: {"runs": [{"seed": i, "map50_95": v, "map50": 2 * v} for i, v in enumerate(values)],  # noqa: E731
-                               "map50_95_mean": sum(values) / len(values), "map50_95_std": 0.001,
-                               "map50_mean": 0.1, "map50_std": 0.002}
-        meta = {"task": "full", "student": "yolov8n.yaml", "teacher": "t.pt", "teacher_map50_95": 0.09, "n_train": 256, "n_val": 64,
-                "imgsz": 128, "epochs": epochs, "seeds": len(baseline), "device": "cpu", "command": "gain"}
-        out = {"baseline": runs(baseline)}
-        for spec, v in methods.items():
-            out[spec] = {**runs([v] * len(baseline)), "gain": v - 0.05, "gain_map50": 0.0, "gap_closed": 0.5,
-                         "significant": True, "spread": 0.001}
-        return {"meta": meta, "methods": out}
+def _result(runs: dict[str, dict[int, float]], version: str = "a" * 40, epochs: int = 30) -> dict:
+    meta = {"task": "full", "student": "yolov8n.yaml", "teacher": "t.pt", "teacher_map50_95": 0.09, "n_train": 256,
+            "n_val": 64, "imgsz": 128, "epochs": epochs, "seed_list": sorted(runs["baseline"]), "device": "cpu",
+            "command": "gain", "code_version": version, "ultralytics": "8.4.190", "torch": "2.14.1"}
+    return {"meta": meta, "methods": {spec: {"runs": _rows(v)} for spec, v in runs.items()}}
 
-    files = {}
-    for name, res in {"a": result([0.05, 0.06], {"kl": 0.07, "cwd": 0.05}), "b": result([0.05, 0.06], {"kl": 0.01, "mgd": 0.04}),
-                      "c": result([0.05, 0.061], {"x": 0.1}), "d": result([0.05, 0.06], {"x": 0.1}, epochs=3)}.items():
-        files[name] = tmp_path / f"{name}.json"
-        files[name].write_text(json.dumps(res))
+
+def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
+    files = {
+        "first": _result({"baseline": {0: 0.05, 1: 0.06}, "kl": {0: 0.07, 1: 0.07}}),
+        "slice": _result({"baseline": {2: 0.04, 3: 0.05}, "kl": {2: 0.05, 3: 0.06}}),  # --first-seed 2
+        "sweep": _result({"baseline": {0: 0.05, 1: 0.06}, "mgd": {0: 0.04, 1: 0.05}}),
+        "other_code": _result({"baseline": {4: 0.05}, "kl": {4: 0.07}}, version="b" * 40),
+        "unrecorded": {"meta": {k: v for k, v in _result({"baseline": {5: 0.05}})["meta"].items() if k != "code_version"},
+                       "methods": {"baseline": {"runs": _rows({5: 0.05})}}},
+        "clash": _result({"baseline": {1: 0.061}}),
+        "epochs": _result({"baseline": {6: 0.05}}, epochs=3),
+    }
+    paths = {}
+    for name, res in files.items():
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(res))
     out = tmp_path / "merged"
-    _run("gain_merge.py", str(files["a"]), str(files["b"]), "--out", str(out))
+    _run("gain_merge.py", str(paths["first"]), str(paths["slice"]), str(paths["sweep"]), "--out", str(out))
     merged = json.loads(out.with_suffix(".json").read_text())
-    assert list(merged["methods"]) == ["baseline", "cwd", "kl", "mgd"]
-    assert merged["methods"]["kl"]["map50_95_mean"] == 0.07  # the first file wins
+    assert merged["meta"]["seed_list"] == [0, 1, 2, 3] and list(merged["methods"]) == ["baseline", "kl", "mgd"]
+    kl = merged["methods"]["kl"]
+    assert [r["seed"] for r in kl["runs"]] == [0, 1, 2, 3]
+    assert kl["gain"] == pytest.approx(statistics.mean([0.02, 0.01, 0.01, 0.01]))  # recomputed over pooled seeds
+    assert kl["paired_n"] == 4 and merged["methods"]["mgd"]["paired_n"] == 2
     assert "| mgd |" in out.with_suffix(".md").read_text()
-    assert "baselines" in _run("gain_merge.py", str(files["a"]), str(files["c"]), "--out", str(out), rc=1).stderr
-    assert "epochs differ" in _run("gain_merge.py", str(files["a"]), str(files["d"]), "--out", str(out), rc=1).stderr
+
+    def refused(*names: str, flag: tuple[str, ...] = ()) -> str:
+        return _run("gain_merge.py", *[str(paths[n]) for n in names], "--out", str(out), *flag, rc=1).stderr
+
+    assert "ran other code" in refused("first", "other_code")
+    assert "does not record its code_version" in refused("first", "unrecorded")
+    assert "ran other code" in refused("first", "unrecorded", flag=("--allow-unrecorded",))  # still not mixed
+    assert "baseline seed 1 gave 0.06" in refused("first", "clash")
+    assert "epochs differ" in refused("first", "epochs")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import ROOT, TRAIN
 from distill import YOLO, DistillationTrainer
@@ -86,31 +87,81 @@ WORKER_REPORT = r"""
 """
 
 
-def test_ddp_worker_rebuilds_the_same_distillation(data_yaml, teacher_pt, project):
-    """Ultralytics' own DDP file, run in a fresh process up to the point where the worker would train."""
+def _digest(model: torch.nn.Module) -> str:
     import hashlib
 
+    return hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in model.state_dict().values())).hexdigest()
+
+
+@pytest.mark.parametrize("kind", ["in-memory", "yaml"])
+def test_ddp_worker_rebuilds_the_same_distillation(kind, data_yaml, teacher_pt, project):
+    """Ultralytics' own DDP file, run in a fresh process up to the point where the worker would train. A teacher
+    given as an object or as a .yaml (random weights) is written once, so every rank loads the same weights."""
     from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
 
+    source = YOLO(teacher_pt).model if kind == "in-memory" else "yolov8s.yaml"
     trainer = DistillationTrainer(overrides=dict(
-        model="yolov8n.yaml", data=data_yaml, Distillation=YOLO(teacher_pt).model, loss_type="cwd+kl",
+        model="yolov8n.yaml", data=data_yaml, Distillation=source, loss_type="cwd+kl",
         cwd_tau=2.0, project=project, name="ddp", **TRAIN))
     trainer.model = trainer.get_model(cfg="yolov8n.yaml")
     file = generate_ddp_file(trainer)
     try:
-        script = Path(file).read_text().replace("trainer.train()", "trainer._setup_train()\n" + WORKER_REPORT)
-        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+        workers = []
+        for _ in range(2):  # two ranks' worth of rebuilds
+            script = Path(file).read_text().replace("trainer.train()", "trainer._setup_train()\n" + WORKER_REPORT)
+            done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+            assert done.returncode == 0, done.stderr[-3000:]
+            workers.append(json.loads(done.stdout.split("WORKER ", 1)[1].splitlines()[0]))
     finally:
         ddp_cleanup(trainer, file)
-    assert done.returncode == 0, done.stderr[-3000:]
-    worker = json.loads(done.stdout.split("WORKER ", 1)[1].splitlines()[0])
     d = trainer.distiller
-    digest = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in d.teacher.state_dict().values())).hexdigest()
-    assert worker["teacher"] == digest
-    assert worker["teacher_path"] == str(trainer.save_dir / "teacher.pt")
-    assert worker["student_layers"] == d.student_layers and worker["teacher_layers"] == d.teacher_layers
-    assert worker["losses"] == {n: vars(l) for n, l in d.losses.items()} and worker["losses"]["cwd"]["tau"] == 2.0
-    assert worker["modules"] == sorted(getattr(trainer.model, MODULES_ATTR).state_dict())
+    for worker in workers:
+        assert worker["teacher"] == _digest(d.teacher)
+        assert worker["teacher_path"] == str(trainer.save_dir / "teacher.pt")
+        assert worker["student_layers"] == d.student_layers and worker["teacher_layers"] == d.teacher_layers
+        assert worker["losses"] == {n: vars(l) for n, l in d.losses.items()} and worker["losses"]["cwd"]["tau"] == 2.0
+        assert worker["modules"] == sorted(getattr(trainer.model, MODULES_ATTR).state_dict())
+    assert yaml.safe_load((trainer.save_dir / "args.yaml").read_text())["Distillation"] == str(trainer.save_dir / "teacher.pt")
+
+
+def test_the_teacher_follows_the_trainer_to_its_device(data_yaml, teacher_pt, project, monkeypatch):
+    """A DDP worker is built on the first GPU and moved to its own only in _setup_ddp; the teacher must follow.
+    CPU-only here, so the rank's device is a distinct CPU device object standing in for cuda:LOCAL_RANK."""
+    rank_device = torch.device("cpu", 1)
+    trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=data_yaml, Distillation=teacher_pt,
+                                                 loss_type="cwd", project=project, name="device", **TRAIN))
+    assert trainer.distiller.device == torch.device("cpu")
+    moved = []
+    real_to = trainer.distiller.teacher.to
+    monkeypatch.setattr(trainer.distiller.teacher, "to", lambda *a, **k: moved.append(a[0]) or real_to(*a, **k))
+    trainer.device = rank_device  # what _setup_ddp does before _setup_train
+    trainer._setup_train()
+    assert moved[:1] == [rank_device] and trainer.distiller.device == rank_device
+
+
+def test_only_rank_zero_finalises_checkpoints(data_yaml, teacher_pt, project, monkeypatch):
+    """final_eval rewrites last.pt / best.pt and writes distill_modules.pt on rank 0 only (as Ultralytics strips
+    its optimizer on rank 0 only); other ranks leave the files alone."""
+    import ultralytics.engine.trainer as engine
+
+    import distill.trainer
+
+    real_final_eval = DistillationTrainer.final_eval
+    monkeypatch.setattr(DistillationTrainer, "final_eval", lambda self: None)  # stop the run just before it
+    model = YOLO("yolov8n.yaml")
+    model.train(data=data_yaml, Distillation=teacher_pt, loss_type="cwd", project=project, name="ranks", **TRAIN)
+    trainer = model.trainer
+    files = [trainer.last, trainer.best]
+    before = [f.read_bytes() for f in files]
+    for module in (engine, distill.trainer):  # as in a DDP worker of rank 1
+        monkeypatch.setattr(module, "RANK", 1)
+    real_final_eval(trainer)
+    assert [f.read_bytes() for f in files] == before and not (trainer.wdir / "distill_modules.pt").exists()
+    for module in (engine, distill.trainer):
+        monkeypatch.setattr(module, "RANK", -1)
+    real_final_eval(trainer)
+    assert (trainer.wdir / "distill_modules.pt").exists()
+    assert all("distill" in torch.load(f, map_location="cpu", weights_only=False) for f in files)
 
 
 def test_ddp_launch_keeps_the_teacher_outside_the_run_folder(tmp_path):

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import TRAIN
+from conftest import ROOT, TRAIN
 from distill import YOLO, DistillationTrainer
 from distill.compare import results_columns
 from distill.distiller import MODULES_ATTR, DistillationCriterion
@@ -37,12 +42,15 @@ def _results(run_dir: Path) -> list[dict[str, float]]:
     return [dict(zip(columns, values)) for values in zip(*columns.values())]
 
 
-@pytest.mark.parametrize("loss", LOSSES)
-def test_optimizer_steps_lower_the_distillation_term(loss, data_yaml, teacher_pt, project):
+@pytest.mark.parametrize("loss,student,teacher", [*[(loss, "yolov8n.yaml", None) for loss in LOSSES],
+                                                  ("kl", "yolo26n.yaml", "yolo26s.yaml"),
+                                                  ("cwd", "yolo26n.yaml", "yolo26s.yaml")])
+def test_optimizer_steps_lower_the_distillation_term(loss, student, teacher, data_yaml, teacher_pt, project):
     """Eight real optimizer steps on one batch, through the trainer's own hooks, shrink the term.
-    Detection gains are zeroed so that the distillation term alone drives the steps."""
+    Detection gains are zeroed so that the distillation term alone drives the steps. YOLO26 pairs too
+    (end-to-end heads, DFL-free boxes)."""
     trainer = DistillationTrainer(
-        overrides=dict(model="yolov8n.yaml", data=data_yaml, Distillation=teacher_pt, loss_type=loss,
+        overrides=dict(model=student, data=data_yaml, Distillation=teacher or teacher_pt, loss_type=loss,
                        project=project, name=loss, optimizer="AdamW", lr0=0.001, warmup_epochs=0,
                        box=0.0, cls=0.0, dfl=0.0, **TRAIN)
     )
@@ -71,18 +79,42 @@ def test_optimizer_steps_lower_the_distillation_term(loss, data_yaml, teacher_pt
     _assert_teacher_untouched(trainer, teacher_before)
 
 
+def _record_items(monkeypatch) -> list[dict[str, float]]:
+    """Every item dict the distillation criterion returns during training, in order."""
+    seen: list[dict[str, float]] = []
+    real = DistillationCriterion.__call__
+
+    def spy(self, preds, batch):
+        training_step = self.distiller.pending  # the teacher ran for this batch
+        loss, items = real(self, preds, batch)
+        if training_step:
+            seen.append({k: float(v) for k, v in items.items()})
+        return loss, items
+
+    monkeypatch.setattr(DistillationCriterion, "__call__", spy)
+    return seen
+
+
 @pytest.mark.parametrize("loss", LOSSES)
-def test_each_loss_trains_end_to_end(loss, data_yaml, teacher_pt, project):
+def test_each_loss_trains_end_to_end(loss, data_yaml, teacher_pt, project, monkeypatch):
+    """results.csv's train/<loss>_loss is the epoch mean of the terms that entered the loss; validation
+    and the EMA run plain."""
+    items = _record_items(monkeypatch)
     model = YOLO("yolov8n.yaml")
     seen = {}
-    model.add_callback("on_pretrain_routine_end", lambda tr: seen.update(teacher=_snapshot(tr.distiller.teacher)))
+    model.add_callback("on_pretrain_routine_end", lambda tr: seen.update(teacher=_snapshot(tr.distiller.teacher),
+                                                                         batches=len(tr.train_loader)))
     model.train(data=data_yaml, Distillation=teacher_pt, loss_type=loss, project=project, name=loss, **{**TRAIN, "epochs": 2})
     trainer = model.trainer
     _assert_teacher_untouched(trainer, seen["teacher"])
     rows = _results(trainer.save_dir)
-    assert len(rows) == 2
-    assert all(float(r[f"train/{loss}_loss"]) > 0 for r in rows)
-    assert all(float(r[f"val/{loss}_loss"]) == 0 for r in rows)  # validation runs the plain EMA
+    nb = seen["batches"]
+    assert len(rows) == 2 and len(items) == 2 * nb
+    for epoch, row in enumerate(rows):
+        terms = [i[f"{loss}_loss"] for i in items[epoch * nb:(epoch + 1) * nb]]
+        assert all(t > 0 and math.isfinite(t) for t in terms)
+        assert float(row[f"train/{loss}_loss"]) == pytest.approx(sum(terms) / nb, rel=1e-3, abs=1e-5)  # csv: 5 decimals
+        assert float(row[f"val/{loss}_loss"]) == 0  # validation runs the plain EMA
     ema = trainer.ema.ema
     assert not isinstance(getattr(ema, "criterion", None), DistillationCriterion)
     assert all(not m._forward_hooks for m in ema.modules())
@@ -120,26 +152,49 @@ def test_without_teacher_it_is_plain_ultralytics(data_yaml, project):
         YOLO("yolov8n.yaml").train(data=data_yaml, loss_type="cwd", project=project, name="x", **TRAIN)
 
 
-def test_losses_are_fp32_under_autocast(data_yaml, teacher_pt, project):
-    trainer = DistillationTrainer(
-        overrides=dict(model="yolov8n.yaml", data=data_yaml, Distillation=teacher_pt, loss_type="cwd+mgd+kl",
-                       project=project, name="amp", **TRAIN)
-    )
-    trainer._setup_train()
-    trainer.model.train()
-    batch = next(iter(trainer.train_loader))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        step = trainer.preprocess_batch(batch)
-        total, items = trainer.model(step)
-    assert total.dtype == torch.float32
-    assert all(items[f"{n}_loss"].dtype == torch.float32 for n in ("cwd", "mgd", "kl"))
-    trainer.distiller.release()
+def test_amp_stays_on_and_terms_are_fp32(data_yaml, teacher_pt, project, monkeypatch):
+    """With AMP on (check_amp passes, as on a healthy GPU; on this CPU autocast means bfloat16), the student's
+    forward runs in reduced precision, the run keeps AMP, and every loss computes in fp32 outside autocast."""
+    import ultralytics.engine.trainer as engine
+
+    from distill.distiller import Distiller
+    from distill.losses.base import FeatureLoss
+    from distill.losses.kl import KLLoss
+
+    monkeypatch.setattr(engine, "check_amp", lambda model: True)
+    calls, raw = [], []
+
+    def spy_on(cls):
+        real = cls.__call__
+
+        def spy(self, s, t, modules=None):
+            out = real(self, s, t, modules)
+            inputs = {x.dtype for x in s} | {x.dtype for x in t} if isinstance(s, list) else None
+            calls.append((self.name, inputs, torch.is_autocast_enabled("cpu"), out.dtype))
+            return out
+
+        monkeypatch.setattr(cls, "__call__", spy)
+
+    spy_on(FeatureLoss)
+    spy_on(KLLoss)
+    real_terms = Distiller.terms
+    monkeypatch.setattr(Distiller, "terms", lambda self, preds: raw.append(self._student_rec._outputs[0].dtype)
+                        or real_terms(self, preds))
+    model = YOLO("yolov8n.yaml")
+    model.train(data=data_yaml, Distillation=teacher_pt, loss_type="cwd+mgd+kl", amp=True, project=project, name="amp",
+                **TRAIN)
+    assert model.trainer.amp is True
+    assert raw and set(raw) == {torch.bfloat16}  # the student's maps came from an autocast forward
+    assert {name for name, *_ in calls} == {"cwd", "mgd", "kl"}
+    for name, inputs, autocast_on, out in calls:
+        assert not autocast_on and out == torch.float32, name
+        assert inputs in ({torch.float32}, None), name  # feature losses get fp32 maps; kl casts its own
 
 
 PLUGIN = """
-import torch
 from distill.losses import register_loss
 from distill.losses.base import FeatureLoss
+
 
 @register_loss("l1test")
 class L1Loss(FeatureLoss):
@@ -150,25 +205,29 @@ class L1Loss(FeatureLoss):
 """
 
 
-def test_a_new_loss_is_one_file(tmp_path, data_yaml, teacher_pt, project):
-    import importlib.util
+def test_a_new_loss_is_one_file(tmp_path, data_yaml, teacher_pt):
+    """A file dropped into distill/losses/ is found by the package's own auto-import: it is a --loss choice with
+    its own flags and trains, with nothing else edited (run on a copy of the package in a fresh process)."""
+    pkg = tmp_path / "pkg"
+    shutil.copytree(ROOT / "distill", pkg / "distill", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "train_distill.py", pkg / "train_distill.py")
+    (pkg / "distill" / "losses" / "l1test.py").write_text(PLUGIN)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(pkg), os.environ.get("PYTHONPATH", "")])}
 
-    from distill.cli import build_parser
-    from distill.losses import _REGISTRY
+    def cli(*args):
+        return subprocess.run([sys.executable, str(pkg / "train_distill.py"), *args], capture_output=True, text=True,
+                              cwd=tmp_path, env=env)
 
-    path = tmp_path / "my_loss.py"
-    path.write_text(PLUGIN)
-    spec = importlib.util.spec_from_file_location("my_loss", path)
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))
-    assert "--l1test-scale" in build_parser().format_help()
-    model = YOLO("yolov8n.yaml")
-    try:
-        model.train(data=data_yaml, Distillation=teacher_pt, loss_type="cwd+l1test", l1test_scale=3.0,
-                    distill_schedule="linear", distill_final=0.25, project=project, name="plugin",
-                    **{**TRAIN, "epochs": 2})
-    finally:
-        _REGISTRY.pop("l1test", None)  # keep the registry as other tests expect it
-    rows = _results(model.trainer.save_dir)
-    assert float(rows[-1]["train/l1test_loss"]) > 0
-    assert model.trainer.distiller.losses["l1test"].scale == 3.0
-    assert model.trainer.distiller.factor == pytest.approx(0.25)  # linear schedule reached its final ratio
+    helped = cli("--help")
+    assert helped.returncode == 0 and "--l1test-scale" in helped.stdout and "l1test" in helped.stdout
+    project = tmp_path / "runs"
+    done = cli("--teacher", teacher_pt, "--data", data_yaml, "--loss", "cwd+l1test", "--l1test-scale", "3",
+               "--distill-schedule", "linear", "--distill-final", "0.25", "--epochs", "2", "--imgsz", "64",
+               "--batch", "8", "--project", str(project), "--name", "plugin", "workers=0", "plots=False")
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = _results(project / "plugin")
+    assert all(float(r["train/l1test_loss"]) > 0 for r in rows)
+    record = torch.load(project / "plugin" / "weights" / "last.pt", map_location="cpu", weights_only=False)["distill"]
+    assert record["losses"] == ["cwd", "l1test"] and record["params"]["l1test"] == {"weight": 1.0, "scale": 3.0}
+    # the linear schedule: the term's weight falls from 1 to 0.25, so the logged term shrinks far more than the loss
+    assert float(rows[1]["train/l1test_loss"]) < 0.5 * float(rows[0]["train/l1test_loss"])
