@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import platform
 import subprocess
@@ -116,22 +117,40 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores"
 
 
-UNKNOWN_VERSION = "unknown"
+# What decides a result: the package, the benchmark scripts, the presets and the pins. Results, docs and
+# tests do not, so committing results or editing the README leaves the version as it is.
+CODE_FILES = ("distill/**/*.py", "benchmarks/*.py", "configs/*.yaml", "pyproject.toml")
 
 
-def code_version() -> str:
-    """The commit this checkout is at, '+dirty.<hash of the diff>' when it has uncommitted changes,
-    or 'unknown' outside a git checkout."""
+def code_version(root: Path | None = None) -> str:
+    """'code-<hash>' of the files in CODE_FILES under `root` (this checkout) as they are on disk, committed
+    or not: two results with the same version ran the same code."""
+    root = root or Path(__file__).resolve().parents[1]
+    digest = hashlib.sha1()
+    for path in sorted({p for pattern in CODE_FILES for p in root.glob(pattern) if p.is_file()}):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return f"code-{digest.hexdigest()[:12]}"
+
+
+def git_commit() -> str | None:
+    """The commit checked out, with '+changes' when the tree differs from it; None outside git."""
     root = Path(__file__).resolve().parents[1]
-
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=True).stdout
-
     try:
-        commit = git("rev-parse", "HEAD").strip()
-        changes = git("diff", "HEAD", "--", ".", ":(exclude)benchmarks/results")
-        for name in git("ls-files", "--others", "--exclude-standard", "--", ".", ":(exclude)benchmarks/results").split():
-            changes += name + (root / name).read_text(errors="replace")
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
+                                 check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return UNKNOWN_VERSION
-    return commit + (f"+dirty.{hashlib.sha1(changes.encode()).hexdigest()[:8]}" if changes else "")
+        return None
+    return commit + ("+changes" if changed else "")
+
+
+def finite(obj):
+    """`obj` with NaN and infinities replaced by None, so the JSON written is standard."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj

@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import FULL, QUICK, STUDENT, code_version, data_task, machine, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
+from common import FULL, QUICK, STUDENT, code_version, data_task, finite, git_commit, machine, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
 
 import torch
 import ultralytics
@@ -117,7 +117,7 @@ def seed_label(seeds: list[int]) -> str:
 
 def write_outputs(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    out.with_suffix(".json").write_text(json.dumps(finite(result), indent=2))
     meta, methods = result["meta"], result["methods"]
     md = [f"# Distillation gain ({meta['task']} task)", "",
           f"Student {meta['student']}, teacher {meta['teacher']} (mAP50-95 {meta['teacher_map50_95']:.4f}); "
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
     meta = {"task": task.name, "student": STUDENT, "teacher": str(teacher), "teacher_map50_95": teacher_map,
             "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"], "epochs": task.student_epochs,
             "seed_list": [], "device": a.device or "auto", "machine": machine(),
-            "code_version": code_version(),  # before training: what ran, even if the checkout changes meanwhile
+            "code_version": code_version(), "commit": git_commit(),  # before training: what ran
             "ultralytics": ultralytics.__version__, "torch": torch.__version__,
             "command": "python benchmarks/gain.py" + (" " + " ".join(argv) if argv else ""),
             **({"note": a.note} if a.note else {})}

@@ -18,18 +18,10 @@ import math
 from pathlib import Path
 
 from gain import summarise_all, write_outputs  # noqa: I001  (gain sets sys.path and offline defaults through common)
-from common import UNKNOWN_VERSION
 
 SAME_TASK = ("task", "student", "teacher_map50_95", "n_train", "n_val", "imgsz", "epochs")
 SAME_CODE = ("code_version", "ultralytics", "torch")
 UNRECORDED = "unrecorded"
-
-
-def seeds_of(meta: dict) -> list[int]:
-    """The seeds a result ran (older files stored a count and a first seed)."""
-    if "seed_list" in meta:
-        return list(meta["seed_list"])
-    return list(range(meta.get("first_seed", 0), meta.get("first_seed", 0) + meta["seeds"]))
 
 
 def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = False) -> dict:
@@ -37,7 +29,7 @@ def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = Fals
     first = results[0]["meta"]
     for result, source in zip(results, sources):
         meta = result["meta"]
-        missing = [k for k in SAME_CODE if meta.get(k, UNKNOWN_VERSION) == UNKNOWN_VERSION]
+        missing = [k for k in SAME_CODE if meta.get(k) is None]
         if missing and not allow_unrecorded:
             raise SystemExit(f"{source} does not record its {', '.join(missing)}: it cannot be shown to be the same "
                              "code as the others. Re-run it, or pass --allow-unrecorded to pool it anyway.")
@@ -71,8 +63,9 @@ def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = Fals
     notes = [f"{src}: {r['meta']['note']}" for r, src in zip(results, sources) if r["meta"].get("note")]
     meta = {**first, "seed_list": sorted({s for by_seed in ordered.values() for s in by_seed}),
             "command": "python benchmarks/gain_merge.py " + " ".join(sources),
-            "sources": [r["meta"]["command"] for r in results], "note": " ".join(notes)}
-    meta.pop("seeds", None), meta.pop("first_seed", None)
+            "sources": [r["meta"]["command"] for r in results], "commits": [r["meta"].get("commit") for r in results],
+            "note": " ".join(notes)}
+    meta.pop("seeds", None), meta.pop("first_seed", None), meta.pop("commit", None)
     for key in SAME_CODE:
         meta.setdefault(key, UNRECORDED)
     return {"meta": meta, "methods": summarise_all(lists, first["teacher_map50_95"])}

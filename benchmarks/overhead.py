@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import STUDENT, Method, code_version, machine, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
+from common import STUDENT, Method, code_version, finite, git_commit, machine, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
 
 import torch
 
@@ -81,10 +81,13 @@ def time_all(methods: list[str], teacher: str, data: str, imgsz: int, batch: int
         loader = iter(plain.train_loader)
         batches = [next(loader) for _ in range(warmup + steps)]
 
+        teacher_images = [0]
+
         def lower_bound(raw: dict) -> dict:
             items = step(plain, raw)
             with torch.no_grad(), autocast(plain.amp, device=dev.type):
-                frozen(raw["img"].to(dev).float() / 255)
+                out = frozen(raw["img"].to(dev).float() / 255)
+            teacher_images[0] += out[0].shape[0]  # decoded boxes (B, 4 + nc, A): the full forward ran
             return items
 
         slots = {**{spec: (lambda raw, t=t: step(t, raw)) for spec, t in trainers.items()}, LOWER_BOUND: lower_bound}
@@ -101,7 +104,7 @@ def time_all(methods: list[str], teacher: str, data: str, imgsz: int, batch: int
                     times[name].append(time.perf_counter() - t0)
                 items.setdefault(name, sorted(out))
         return {"step_s": {n: statistics.median(v) for n, v in times.items()}, "loss_items": items,
-                "device": str(dev), "amp": bool(plain.amp)}
+                "teacher_images": teacher_images[0], "device": str(dev), "amp": bool(plain.amp)}
 
 
 def peak_memory(method: str, teacher: str, data: str, imgsz: int, batch: int, warmup: int, steps: int,
@@ -118,8 +121,7 @@ def peak_memory(method: str, teacher: str, data: str, imgsz: int, batch: int, wa
         _sync(dev)
         peak = (torch.cuda.max_memory_allocated(dev) if dev.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**20
-        return {"peak_mb": peak, "peak_kind": "CUDA max allocated" if dev.type == "cuda" else "process max RSS",
-                "teacher_loaded": hasattr(trainer, "distiller") or bool(trainer.args.distill_model)}
+        return {"peak_mb": peak, "peak_kind": "CUDA max allocated" if dev.type == "cuda" else "process max RSS"}
 
 
 def child(job: dict) -> dict:
@@ -178,12 +180,13 @@ def main(argv: list[str] | None = None) -> dict:
              **memory[spec]} for spec in methods]
     meta = {"student": STUDENT, "teacher": "yolov8s", "imgsz": imgsz, "batch": batch, "steps": steps, "warmup": a.warmup,
             "device": timing["device"], "amp": timing["amp"], "torch": torch.__version__, "machine": machine(),
-            "code_version": code_version(), "lower_bound_s": bound, "lower_bound_ratio_to_plain": bound / plain,
+            "code_version": code_version(), "commit": git_commit(), "lower_bound_s": bound,
+            "lower_bound_teacher_images": timing["teacher_images"], "lower_bound_ratio_to_plain": bound / plain,
             "command": "python benchmarks/overhead.py" + (" " + " ".join(argv) if argv else "")}
     result = {"meta": meta, "rows": rows}
     out = Path(a.out or f"benchmarks/results/overhead{'_quick' if a.quick else ''}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    out.with_suffix(".json").write_text(json.dumps(finite(result), indent=2))
     md = [f"# Training-step overhead ({meta['device']}, AMP {'on' if meta['amp'] else 'off'})", "",
           f"{STUDENT} student, yolov8s teacher, imgsz {imgsz}, batch {batch}; median of {steps} steps after "
           f"{a.warmup} warm-up, every method and the lower bound interleaved in one loop on the same batches. "

@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Distil a YOLO student from a YOLO teacher with Ultralytics. Any other Ultralytics train "
         "argument passes through: --lr0 0.001, --lr0=0.001 or lr0=0.001.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        allow_abbrev=False,  # '--conf 0.01' is Ultralytics' conf, not an abbreviation of --config
     )
     g = p.add_argument_group("models and data")
     g.add_argument("--teacher", help="teacher .pt or .yaml (default without --data: a cached yolov8s trained on the demo data)")
@@ -85,6 +86,23 @@ def parse_extra(tokens: list[str]) -> dict[str, Any]:
     return out
 
 
+LAYER_FLAGS = ("--distill-layers", "--distill-teacher-layers")
+
+
+def attach_layer_values(argv: list[str]) -> list[str]:
+    """['--distill-layers', '-2,-1'] -> ['--distill-layers=-2,-1']: argparse would take a value starting with
+    '-' for an option."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in LAYER_FLAGS and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def typed_options(argv: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The options the user actually typed (dest -> value), whatever their value: a typed flag beats a
     preset even when it repeats the flag's default (`--config cwd.yaml --loss kl` trains kl)."""
@@ -112,7 +130,7 @@ def train_args(ns: argparse.Namespace, extra: dict[str, Any], typed: dict[str, A
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = attach_layer_values(sys.argv[1:] if argv is None else list(argv))
     ns, rest = parser.parse_known_args(argv)
     extra = parse_extra(rest)
     try:
@@ -151,6 +169,7 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
     student = YOLO(student_path)
     args["Distillation"] = teacher
     student.train(**args)
+    teacher = str(student.trainer.args.Distillation)  # the file that taught (a .yaml or object was written to one)
     code = report(student, teacher)
     if ns.compare:
         compare_with_baseline(student_path, teacher, args, Path(student.trainer.save_dir))

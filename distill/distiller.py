@@ -41,7 +41,6 @@ class Distiller:
 
     def __init__(self, teacher: nn.Module, settings: DistillSettings) -> None:
         self.teacher = teacher
-        self.device = next(teacher.parameters()).device
         self.settings = settings
         self.losses = {name: build_loss(name, settings.loss_params.get(name)) for name in settings.losses}
         self.needs_features = any(loss.kind == "feature" for loss in self.losses.values())
@@ -59,7 +58,6 @@ class Distiller:
     def to(self, device: torch.device) -> "Distiller":
         """Put the teacher on `device`, the student's training device."""
         self.teacher.to(device)
-        self.device = device
         return self
 
     def attach(self, student: nn.Module, weights: nn.Module | None = None) -> None:

@@ -54,9 +54,11 @@ def no_network(tmp_path_factory):
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(NETGUARD), saved["PYTHONPATH"]]))
     os.environ["DISTILL_NET_LOG"] = str(log)
     spec = importlib.util.spec_from_file_location("distill_netguard", NETGUARD / "sitecustomize.py")
-    spec.loader.exec_module(importlib.util.module_from_spec(spec))  # this process: the same guard
+    guard = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(guard)  # this process: the same guard
 
     yield log
+    guard.uninstall()
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

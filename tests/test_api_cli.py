@@ -81,6 +81,22 @@ def test_cli_end_to_end(data_yaml, teacher_pt, project):
     assert "train/mgd_loss" in header
 
 
+def test_cli_yaml_teacher_negative_layers_and_passthrough_prefixes(data_yaml, project):
+    """`--distill-layers -2,-1` is read as a value, `--conf` passes through to Ultralytics (not taken as an
+    abbreviation of --config), and a .yaml teacher is reported from the file that actually taught."""
+    cmd = [sys.executable, str(ROOT / "train_distill.py"), "--teacher", "yolov8s.yaml", "--loss", "cwd",
+           "--distill-layers", "-2,-1", "--conf", "0.01", "--data", data_yaml, "--epochs", "1", "--imgsz", "64",
+           "--batch", "8", "--project", project, "--name", "neg", "workers=0", "plots=False"]
+    done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = Path(project) / "neg"
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    assert (args["conf"], args["distill_layers"], args["Distillation"]) == (0.01, "-2,-1", str(run / "teacher.pt"))
+    record = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=False)["distill"]
+    assert (record["student_layers"], record["teacher_layers"]) == ([20, 21], [20, 21])
+    assert f"({run / 'teacher.pt'}, validated" in done.stdout
+
+
 def test_cli_errors_are_one_line(data_yaml, project):
     done = subprocess.run(
         [sys.executable, str(ROOT / "train_distill.py"), "--teacher", "missing.pt", "--data", data_yaml,
@@ -141,26 +157,47 @@ def test_typed_flags_beat_the_preset(data_yaml, teacher_pt, project):
     """Typed flags win over the preset, even when they repeat the CLI's default value (--loss kl)."""
     from distill.cli import build_parser, parse_extra, train_args, typed_options
 
-    argv = ["--config", str(ROOT / "configs" / "cwd_kl.yaml"), "--loss", "kl", "--kl-weight", "1.0", "lr0=0.02"]
+    preset = Path(project).parent / "preset.yaml"  # values that differ from every default
+    preset.write_text("loss_type: cwd+kl\nkl_weight: 0.25\nkl_temperature: 2.0\ncwd_tau: 3.0\ndistill_weight: 0.5\n")
+    argv = ["--config", str(preset), "--loss", "kl", "--kl-weight", "0.5", "lr0=0.02"]
     parser = build_parser()
     ns, rest = parser.parse_known_args(argv)
     args = train_args(ns, parse_extra(rest), typed_options(argv, parser))
-    assert (args["loss_type"], args["kl_weight"], args["lr0"], args["kl_temperature"]) == ("kl", 1.0, 0.02, 1.0)
+    # typed: loss (even though 'kl' is the CLI's default) and kl_weight; untyped: the preset's values stay
+    assert (args["loss_type"], args["kl_weight"], args["lr0"]) == ("kl", 0.5, 0.02)
+    assert (args["kl_temperature"], args["distill_weight"]) == (2.0, 0.5)
     model = YOLO("yolov8n.yaml")
     model.train(data=data_yaml, Distillation=teacher_pt, name="typed", **{**args, "project": project}, **TRAIN)
-    assert list(model.trainer.distiller.losses) == ["kl"] and model.trainer.distiller.losses["kl"].weight == 1.0
+    distiller = model.trainer.distiller
+    assert list(distiller.losses) == ["kl"]
+    assert (distiller.losses["kl"].weight, distiller.losses["kl"].temperature, distiller.settings.weight) == (0.5, 2.0, 0.5)
     assert _loss_columns(Path(model.trainer.save_dir)) == {"kl"}
 
 
 def test_subprocesses_are_network_guarded(tmp_path):
-    """conftest's guard reaches every Python subprocess through the inherited environment."""
+    """conftest's guard reaches every Python subprocess through the inherited environment, for connections,
+    datagrams and name look-ups alike; local addresses stay usable."""
     log = tmp_path / "net.log"
-    code = ("import socket\ntry:\n    socket.create_connection(('example.com', 80), timeout=1)\n"
-            "except OSError as e:\n    print('BLOCKED', e)")
+    code = """
+import socket
+calls = [lambda: socket.create_connection(("example.com", 80), timeout=1),
+         lambda: socket.gethostbyname("example.org"),
+         lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("192.0.2.1", 53)),
+         lambda: socket.socket().connect_ex(("192.0.2.2", 80))]
+for call in calls:
+    try:
+        print("RESULT", call())
+    except OSError as e:
+        print("BLOCKED", e)
+print("LOCAL", socket.getaddrinfo(b"localhost", 80)[0][4][0])
+"""
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "DISTILL_NET_LOG": str(log)})
-    assert "BLOCKED network disabled in tests" in done.stdout, done.stdout + done.stderr
-    assert "resolve example.com" in log.read_text()
+    assert done.stdout.count("BLOCKED network disabled in tests") == 3, done.stdout + done.stderr
+    assert "RESULT 111" in done.stdout and "LOCAL 127.0.0.1" in done.stdout  # connect_ex: refused
+    attempts = log.read_text()
+    for entry in ("resolve example.com", "resolve example.org", "sendto ('192.0.2.1', 53)", "connect ('192.0.2.2', 80)"):
+        assert entry in attempts, attempts
 
 
 def test_compare_report_end_to_end(data_yaml, teacher_pt, project):

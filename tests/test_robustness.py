@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,11 +77,12 @@ def test_resume_from_the_cli(data_yaml, teacher_pt, project):
 
 WORKER_REPORT = r"""
     import hashlib, json
+    from ultralytics.utils import RANK
     from distill.distiller import MODULES_ATTR
     d = trainer.distiller
     digest = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in d.teacher.state_dict().values())).hexdigest()
     model = trainer.model
-    print("WORKER", json.dumps({"teacher": digest, "teacher_path": str(trainer.args.Distillation),
+    print("WORKER", json.dumps({"rank": RANK, "teacher": digest, "teacher_path": str(trainer.args.Distillation),
       "student_layers": d.student_layers, "teacher_layers": d.teacher_layers,
       "losses": {n: vars(l) for n, l in d.losses.items()}, "modules": sorted(getattr(model, MODULES_ATTR).state_dict())}))
 """
@@ -105,16 +106,22 @@ def test_ddp_worker_rebuilds_the_same_distillation(kind, data_yaml, teacher_pt, 
         cwd_tau=2.0, project=project, name="ddp", **TRAIN))
     trainer.model = trainer.get_model(cfg="yolov8n.yaml")
     file = generate_ddp_file(trainer)
+    run_files = lambda: {p: p.read_bytes() for p in trainer.save_dir.rglob("*") if p.is_file()}  # noqa: E731
     try:
         workers = []
-        for _ in range(2):  # two ranks' worth of rebuilds
+        for rank in (0, 1):  # Ultralytics reads RANK from the environment; no process group on CPU (LOCAL_RANK unset)
+            before = run_files()
             script = Path(file).read_text().replace("trainer.train()", "trainer._setup_train()\n" + WORKER_REPORT)
-            done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+            done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                                  env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"})
             assert done.returncode == 0, done.stderr[-3000:]
             workers.append(json.loads(done.stdout.split("WORKER ", 1)[1].splitlines()[0]))
+            if rank == 1:
+                assert run_files() == before  # a rank other than 0 writes nothing into the run
     finally:
         ddp_cleanup(trainer, file)
     d = trainer.distiller
+    assert [w["rank"] for w in workers] == [0, 1]
     for worker in workers:
         assert worker["teacher"] == _digest(d.teacher)
         assert worker["teacher_path"] == str(trainer.save_dir / "teacher.pt")
@@ -130,13 +137,13 @@ def test_the_teacher_follows_the_trainer_to_its_device(data_yaml, teacher_pt, pr
     rank_device = torch.device("cpu", 1)
     trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=data_yaml, Distillation=teacher_pt,
                                                  loss_type="cwd", project=project, name="device", **TRAIN))
-    assert trainer.distiller.device == torch.device("cpu")
+    assert next(trainer.distiller.teacher.parameters()).device == torch.device("cpu")  # not on the first GPU
     moved = []
     real_to = trainer.distiller.teacher.to
     monkeypatch.setattr(trainer.distiller.teacher, "to", lambda *a, **k: moved.append(a[0]) or real_to(*a, **k))
     trainer.device = rank_device  # what _setup_ddp does before _setup_train
     trainer._setup_train()
-    assert moved[:1] == [rank_device] and trainer.distiller.device == rank_device
+    assert moved[:1] == [rank_device]  # moved to the rank's device before anything else in the set-up
 
 
 def test_only_rank_zero_finalises_checkpoints(data_yaml, teacher_pt, project, monkeypatch):

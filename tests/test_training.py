@@ -80,7 +80,8 @@ def test_optimizer_steps_lower_the_distillation_term(loss, student, teacher, dat
 
 
 def _record_items(monkeypatch) -> list[dict[str, float]]:
-    """Every item dict the distillation criterion returns during training, in order."""
+    """The distillation terms of every training step, as they entered the loss vector (the criterion's last
+    n entries divided by the batch size), checked against the items it reports for logging."""
     seen: list[dict[str, float]] = []
     real = DistillationCriterion.__call__
 
@@ -88,7 +89,11 @@ def _record_items(monkeypatch) -> list[dict[str, float]]:
         training_step = self.distiller.pending  # the teacher ran for this batch
         loss, items = real(self, preds, batch)
         if training_step:
-            seen.append({k: float(v) for k, v in items.items()})
+            names = [f"{n}_loss" for n in self.distiller.losses]
+            trained = loss[-len(names):].detach() / batch["img"].shape[0]
+            logged = torch.stack([items[n] for n in names])
+            assert torch.allclose(trained, logged, rtol=1e-5), (trained, logged)
+            seen.append(dict(zip(names, trained.tolist())))
         return loss, items
 
     monkeypatch.setattr(DistillationCriterion, "__call__", spy)
@@ -97,8 +102,8 @@ def _record_items(monkeypatch) -> list[dict[str, float]]:
 
 @pytest.mark.parametrize("loss", LOSSES)
 def test_each_loss_trains_end_to_end(loss, data_yaml, teacher_pt, project, monkeypatch):
-    """results.csv's train/<loss>_loss is the epoch mean of the terms that entered the loss; validation
-    and the EMA run plain."""
+    """results.csv's train/<loss>_loss is the epoch mean of the terms that entered the loss vector that was
+    backpropagated; validation and the EMA run plain."""
     items = _record_items(monkeypatch)
     model = YOLO("yolov8n.yaml")
     seen = {}
@@ -169,7 +174,7 @@ def test_amp_stays_on_and_terms_are_fp32(data_yaml, teacher_pt, project, monkeyp
 
         def spy(self, s, t, modules=None):
             out = real(self, s, t, modules)
-            inputs = {x.dtype for x in s} | {x.dtype for x in t} if isinstance(s, list) else None
+            inputs = {x.dtype for x in s} | {x.dtype for x in t} if isinstance(s, list) else {s["scores"].dtype}
             calls.append((self.name, inputs, torch.is_autocast_enabled("cpu"), out.dtype))
             return out
 
@@ -188,7 +193,8 @@ def test_amp_stays_on_and_terms_are_fp32(data_yaml, teacher_pt, project, monkeyp
     assert {name for name, *_ in calls} == {"cwd", "mgd", "kl"}
     for name, inputs, autocast_on, out in calls:
         assert not autocast_on and out == torch.float32, name
-        assert inputs in ({torch.float32}, None), name  # feature losses get fp32 maps; kl casts its own
+        # feature losses get fp32 maps; kl gets the head's autocast (bf16) scores and casts them itself
+        assert inputs == ({torch.bfloat16} if name == "kl" else {torch.float32}), name
 
 
 PLUGIN = """

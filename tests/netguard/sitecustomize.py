@@ -5,6 +5,7 @@ import os
 import socket
 
 LOCAL = ("127.", "::1", "localhost", "0.0.0.0")
+SAVED: dict = {}
 
 
 def _log(what: str) -> None:
@@ -14,26 +15,64 @@ def _log(what: str) -> None:
             f.write(f"{os.getpid()} {what}\n")
 
 
-def install() -> None:
-    real_connect, real_getaddrinfo = socket.socket.connect, socket.getaddrinfo
-    if getattr(real_connect, "_distill_guard", False):
-        return
+def _local(host) -> bool:
+    if isinstance(host, (bytes, bytearray)):
+        host = host.decode(errors="replace")
+    return host is None or host == "" or str(host).startswith(LOCAL)  # "": the local host, as in bind
 
-    def connect(sock, address):
-        host = address[0] if isinstance(address, tuple) else str(address)
-        if sock.family != getattr(socket, "AF_UNIX", None) and not str(host).startswith(LOCAL):
+
+def install() -> None:
+    """Refuse (and log) connections, datagrams and name look-ups that leave the machine."""
+    if SAVED:
+        return
+    sock = socket.socket
+    SAVED.update(connect=sock.connect, connect_ex=sock.connect_ex, sendto=sock.sendto,
+                 getaddrinfo=socket.getaddrinfo, gethostbyname=socket.gethostbyname,
+                 gethostbyname_ex=socket.gethostbyname_ex)
+
+    def remote(s, address) -> bool:
+        return s.family != getattr(socket, "AF_UNIX", None) and isinstance(address, tuple) and not _local(address[0])
+
+    def connect(s, address):
+        if remote(s, address):
             _log(f"connect {address}")
             raise OSError("network disabled in tests")
-        return real_connect(sock, address)
+        return SAVED["connect"](s, address)
 
-    def getaddrinfo(host, *args, **kwargs):
-        if host is not None and not str(host).startswith(LOCAL):
-            _log(f"resolve {host}")
-            raise socket.gaierror("network disabled in tests")
-        return real_getaddrinfo(host, *args, **kwargs)
+    def connect_ex(s, address):
+        if remote(s, address):
+            _log(f"connect {address}")
+            return 111  # ECONNREFUSED
+        return SAVED["connect_ex"](s, address)
 
-    connect._distill_guard = True
-    socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+    def sendto(s, data, *args):
+        address = args[-1]
+        if remote(s, address):
+            _log(f"sendto {address}")
+            raise OSError("network disabled in tests")
+        return SAVED["sendto"](s, data, *args)
+
+    def lookup(name):
+        def guarded(host, *args, **kwargs):
+            if not _local(host):
+                _log(f"resolve {host}")
+                raise socket.gaierror("network disabled in tests")
+            return SAVED[name](host, *args, **kwargs)
+        return guarded
+
+    sock.connect, sock.connect_ex, sock.sendto = connect, connect_ex, sendto
+    socket.getaddrinfo, socket.gethostbyname, socket.gethostbyname_ex = (
+        lookup("getaddrinfo"), lookup("gethostbyname"), lookup("gethostbyname_ex"))
+
+
+def uninstall() -> None:
+    if not SAVED:
+        return
+    socket.socket.connect, socket.socket.connect_ex, socket.socket.sendto = (
+        SAVED["connect"], SAVED["connect_ex"], SAVED["sendto"])
+    socket.getaddrinfo, socket.gethostbyname, socket.gethostbyname_ex = (
+        SAVED["getaddrinfo"], SAVED["gethostbyname"], SAVED["gethostbyname_ex"])
+    SAVED.clear()
 
 
 if os.environ.get("DISTILL_NET_LOG"):
