@@ -22,7 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import FULL, QUICK, STUDENT, code_version, data_task, finite, git_commit, machine, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
+from common import (FULL, QUICK, STUDENT, Method, code_version, data_task, finite, git_commit, machine,  # noqa: I001
+                    parse_methods)  # (common sets sys.path and the offline defaults)
 
 import torch
 import ultralytics
@@ -34,16 +35,18 @@ from distill.compare import results_columns
 DEFAULT_METHODS = "baseline;cwd;mgd;mimic;kl;cwd+kl;builtin"
 
 
-def train_once(method, task, teacher: Path, seed: int, project: str, device: str | None) -> dict:
-    """One student run; returns its final mAPs (best.pt on the val split) and wall seconds."""
-    kwargs = {**task.recipe, "epochs": task.student_epochs, "seed": seed, "deterministic": True, "plots": False,
-              "project": project, "name": f"{method.spec.replace(':', '_').replace(',', '_')}-s{seed}",
+def train_once(method, task, teacher: Path, seed: int, project: str, device: str | None, epochs: int | None = None) -> dict:
+    """One student run (the task's epochs unless `epochs`); returns its final mAPs (best.pt on the val split)
+    and wall seconds (training and per-epoch validation)."""
+    epochs = epochs or task.student_epochs
+    kwargs = {**task.recipe, "epochs": epochs, "seed": seed, "deterministic": True, "plots": False,
+              "project": project, "name": f"{method.spec.replace(':', '_').replace(',', '_')}-e{epochs}-s{seed}",
               "exist_ok": True, "verbose": False, **({"device": device} if device else {})}
     model = (PlainYOLO if method.kind == "builtin" else YOLO)(STUDENT)
     t0 = time.time()
     model.train(data=str(task.data()), **kwargs, **method.train_kwargs(teacher))
-    return {"seed": seed, "map50_95": float(model.metrics.box.map), "map50": float(model.metrics.box.map50),
-            "seconds": round(time.time() - t0, 1), "train_losses": loss_scale(Path(model.trainer.save_dir)),
+    return {"seed": seed, "epochs": epochs, "map50_95": float(model.metrics.box.map),
+            "map50": float(model.metrics.box.map50), "seconds": round(time.time() - t0, 1), "train_losses": loss_scale(Path(model.trainer.save_dir)),
             "params": effective_params(model.trainer)}
 
 
@@ -69,16 +72,26 @@ def sample_sd(values: list[float]) -> float:
 
 
 def paired(rows: list[dict], baseline: list[dict], key: str = "map50_95") -> dict:
-    """Per-seed differences method - baseline on the seeds both ran: mean, standard error, t, and
-    whether the mean exceeds twice its standard error (needs 2+ seeds)."""
+    """Per-seed differences method - baseline on the seeds both ran (see differences())."""
     base = {r["seed"]: r[key] for r in baseline}
-    diffs = [r[key] - base[r["seed"]] for r in rows if r["seed"] in base]
+    return differences([r[key] - base[r["seed"]] for r in rows if r["seed"] in base])
+
+
+def differences(diffs: list[float]) -> dict:
+    """Paired differences: mean, standard error, t, how many are > 0, and whether the mean exceeds twice
+    its standard error (needs 2+ pairs)."""
     n = len(diffs)
     mean = statistics.mean(diffs) if diffs else float("nan")
     se = sample_sd(diffs) / math.sqrt(n) if n > 1 else float("nan")
     t = mean / se if n > 1 and se > 0 else (math.copysign(math.inf, mean) if n > 1 and mean else float("nan"))
     return {"n": n, "diffs": diffs, "mean": mean, "se": se, "t": t, "ahead": sum(d > 0 for d in diffs),
             "significant": bool(n > 1 and mean > 2 * se)}
+
+
+def equal_time_epochs(epochs: int, method_seconds: float, baseline_seconds: float) -> int:
+    """Epochs a baseline gets to spend the method's wall time: the task's epochs times the measured time
+    ratio, rounded, and never fewer than the task's epochs."""
+    return max(epochs, round(epochs * method_seconds / baseline_seconds))
 
 
 def summarise(rows: list[dict], baseline: list[dict] | None, teacher_map: float) -> dict:
@@ -94,6 +107,14 @@ def summarise(rows: list[dict], baseline: list[dict] | None, teacher_map: float)
         out.update(gain=diff["mean"], gain_se=diff["se"], gain_t=diff["t"], seeds_ahead=diff["ahead"],
                    paired_n=diff["n"], significant=diff["significant"], gain_map50=diff50["mean"],
                    gain_map50_se=diff50["se"], gap_closed=diff["mean"] / gap if gap > 0 else float("nan"))
+    timed = [r for r in rows if "equal_time" in r]
+    if timed:  # against the baseline given the same wall time, seed for seed
+        d = differences([r["map50_95"] - r["equal_time"]["map50_95"] for r in timed])
+        out["equal_time"] = {"gain": d["mean"], "gain_se": d["se"], "gain_t": d["t"], "seeds_ahead": d["ahead"],
+                             "paired_n": d["n"], "significant": d["significant"],
+                             "time_ratio_mean": statistics.mean(r["equal_time"]["time_ratio"] for r in timed),
+                             "epochs": sorted({r["equal_time"]["epochs"] for r in timed}),
+                             "baseline_map50_95_mean": statistics.mean(r["equal_time"]["map50_95"] for r in timed)}
     return out
 
 
@@ -138,6 +159,15 @@ def write_outputs(result: dict, out: Path) -> None:
             tail = "— | — | — | — | — | — |"
         md.append(f"| {spec} | {s['map50_95_mean']:.4f} ± {s['map50_95_std']:.4f} | "
                   f"{s['map50_mean']:.4f} ± {s['map50_std']:.4f} | {tail}")
+    timed = {spec: s["equal_time"] for spec, s in methods.items() if "equal_time" in s}
+    if timed:
+        md += ["", "Against a baseline given the same wall time (per seed: the baseline trained for the task's "
+               "epochs times the method's measured time ratio, same seed):", "",
+               "| method | time ratio (mean) | equal-time baseline epochs | equal-time baseline mAP50-95 (mean) | "
+               "paired gain mAP50-95 (mean ± SE) | t | seeds ahead | gain > 2 SE |", "|---|---|---|---|---|---|---|---|"]
+        md += [f"| {spec} | {e['time_ratio_mean']:.2f} | {', '.join(map(str, e['epochs']))} | "
+               f"{e['baseline_map50_95_mean']:.4f} | {e['gain']:+.4f} ± {e['gain_se']:.4f} | {e['gain_t']:+.1f} | "
+               f"{e['seeds_ahead']}/{e['paired_n']} | {'yes' if e['significant'] else 'no'} |" for spec, e in timed.items()]
     md += ["", "sd: sample standard deviation over seeds. Gains are paired: per seed, method minus the baseline "
            "trained with the same seed (same data order and initialisation); mean ± standard error of those "
            "differences, t = mean / SE. gap closed = gain / (teacher - baseline)."]
@@ -178,6 +208,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--imgsz", type=int, default=None, help="with --data: image size (default: the task's)")
     p.add_argument("--epochs", type=int, default=None, help="with --data: student epochs (default: the task's)")
     p.add_argument("--teacher-epochs", type=int, default=None, help="with --data: teacher epochs (default: the task's)")
+    p.add_argument("--equal-time", action="store_true",
+                   help="also train, per seed and method, a baseline given the method's wall time (its epochs times "
+                   "the measured time ratio) and report the paired difference to it")
     p.add_argument("--device", default=None)
     p.add_argument("--note", default=None, help="what the run is for (e.g. 'confirmation seeds'), kept in the outputs")
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/gain[_quick])")
@@ -204,9 +237,19 @@ def main(argv: list[str] | None = None) -> dict:
     runs: dict[str, list[dict]] = {m.spec: [] for m in methods}
     with tempfile.TemporaryDirectory() as project:
         for seed in range(a.first_seed, a.first_seed + a.seeds):  # seeds outermost, outputs after each seed:
-            for m in methods:                                      # an interrupted run keeps its finished seeds
-                runs[m.spec].append(train_once(m, task, teacher, seed, project, a.device))
-                print(f"[gain] {m.spec} seed {seed}: {runs[m.spec][-1]}", flush=True)
+            longer: dict[int, dict] = {}                           # an interrupted run keeps its finished seeds
+            for m in methods:
+                row = train_once(m, task, teacher, seed, project, a.device)
+                runs[m.spec].append(row)
+                if a.equal_time and m.kind != "baseline":
+                    base = runs["baseline"][-1]
+                    epochs = equal_time_epochs(task.student_epochs, row["seconds"], base["seconds"])
+                    if epochs not in longer:
+                        longer[epochs] = base if epochs == base["epochs"] else train_once(
+                            Method("baseline"), task, teacher, seed, project, a.device, epochs=epochs)
+                    row["equal_time"] = {"time_ratio": row["seconds"] / base["seconds"],
+                                         **{k: longer[epochs][k] for k in ("epochs", "map50_95", "map50", "seconds")}}
+                print(f"[gain] {m.spec} seed {seed}: {row}", flush=True)
             meta["seed_list"].append(seed)
             result = {"meta": meta, "methods": summarise_all(runs, teacher_map)}
             write_outputs(result, out)

@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from gain import paired, summarise  # noqa: E402
+from gain import equal_time_epochs, paired, summarise  # noqa: E402
 
 METHODS = "baseline;cwd;mgd;mimic;kl;cwd+kl;builtin"
 
@@ -68,6 +68,22 @@ def test_code_version_follows_the_code_not_the_results(tmp_path):
     assert code_version(tmp_path) != version
 
 
+def test_equal_time_arithmetic():
+    """The equal-time baseline trains the task's epochs times the method's wall-time ratio (rounded, never fewer),
+    and its gain is the mean of the per-seed differences to that baseline."""
+    assert equal_time_epochs(30, 480.0, 300.0) == 48
+    assert equal_time_epochs(30, 310.0, 300.0) == 31 and equal_time_epochs(30, 250.0, 300.0) == 30
+    base = _rows({0: 0.05, 1: 0.06})
+    method = _rows({0: 0.07, 1: 0.07})
+    for row, longer in zip(method, (0.09, 0.06)):
+        row["equal_time"] = {"time_ratio": 1.6, "epochs": 48, "map50_95": longer, "map50": 2 * longer, "seconds": 1.0}
+    e = summarise(method, base, teacher_map=0.1)["equal_time"]
+    assert e["gain"] == pytest.approx(statistics.mean([0.07 - 0.09, 0.07 - 0.06]))
+    assert e["gain_se"] == pytest.approx(statistics.stdev([-0.02, 0.01]) / math.sqrt(2))
+    assert (e["seeds_ahead"], e["paired_n"], e["epochs"], e["significant"]) == (1, 2, [48], False)
+    assert e["baseline_map50_95_mean"] == pytest.approx(0.075) and e["time_ratio_mean"] == pytest.approx(1.6)
+
+
 def test_gain_quick(tmp_path):
     out = tmp_path / "gain"
     _run("gain.py", "--quick", "--seeds", "2", "--methods", METHODS, "--note", "smoke", "--out", str(out))
@@ -94,9 +110,17 @@ def test_gain_on_a_users_data_yaml(tmp_path, data_yaml):
     """--data trains a teacher on the given dataset (cached) and records each term's size per run."""
     out = tmp_path / "gain"
     _run("gain.py", "--data", data_yaml, "--imgsz", "64", "--epochs", "2", "--teacher-epochs", "1", "--seeds", "1",
-         "--first-seed", "5", "--methods", "baseline;cwd+kl;builtin:dis=2", "--out", str(out),
+         "--first-seed", "5", "--methods", "baseline;cwd+kl;builtin:dis=2", "--equal-time", "--out", str(out),
          env={"DISTILL_CACHE_DIR": str(tmp_path / "cache")})
     result = json.loads(out.with_suffix(".json").read_text())
+    base = result["methods"]["baseline"]["runs"][0]
+    for spec in ("cwd+kl", "builtin:dis=2"):  # each method's own equal-time baseline, from its measured wall time
+        run = result["methods"][spec]["runs"][0]
+        eq = run["equal_time"]
+        assert eq["time_ratio"] == pytest.approx(run["seconds"] / base["seconds"])
+        assert eq["epochs"] == equal_time_epochs(2, run["seconds"], base["seconds"])
+        assert result["methods"][spec]["equal_time"]["gain"] == pytest.approx(run["map50_95"] - eq["map50_95"])
+    assert "Against a baseline given the same wall time" in out.with_suffix(".md").read_text()
     meta = result["meta"]
     assert (meta["n_train"], meta["n_val"], meta["imgsz"], meta["epochs"]) == (16, 8, 64, 2)
     assert list((tmp_path / "cache" / "teachers").glob("yolov8s-*.pt"))
