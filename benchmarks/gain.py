@@ -30,24 +30,27 @@ import ultralytics
 from ultralytics import YOLO as PlainYOLO
 
 from distill import YOLO
-from distill.compare import results_columns
+from distill.compare import map_curve, results_columns
 
 DEFAULT_METHODS = "baseline;cwd;mgd;mimic;kl;cwd+kl;builtin"
 
 
-def train_once(method, task, teacher: Path, seed: int, project: str, device: str | None, epochs: int | None = None) -> dict:
-    """One student run (the task's epochs unless `epochs`); returns its final mAPs (best.pt on the val split)
-    and wall seconds (training and per-epoch validation)."""
+def train_once(method, task, teacher: Path | None, seed: int, project: str, device: str | None,
+               epochs: int | None = None, model: str = STUDENT) -> dict:
+    """One run of `model` (the task's student epochs unless `epochs`); returns its final mAPs (best.pt on the
+    val split), its mAP50-95 per epoch and its wall seconds (training and per-epoch validation)."""
     epochs = epochs or task.student_epochs
     kwargs = {**task.recipe, "epochs": epochs, "seed": seed, "deterministic": True, "plots": False,
               "project": project, "name": f"{method.spec.replace(':', '_').replace(',', '_')}-e{epochs}-s{seed}",
               "exist_ok": True, "verbose": False, **({"device": device} if device else {})}
-    model = (PlainYOLO if method.kind == "builtin" else YOLO)(STUDENT)
+    yolo = (PlainYOLO if method.kind == "builtin" else YOLO)(model)
     t0 = time.time()
-    model.train(data=str(task.data()), **kwargs, **method.train_kwargs(teacher))
-    return {"seed": seed, "epochs": epochs, "map50_95": float(model.metrics.box.map),
-            "map50": float(model.metrics.box.map50), "seconds": round(time.time() - t0, 1), "train_losses": loss_scale(Path(model.trainer.save_dir)),
-            "params": effective_params(model.trainer)}
+    yolo.train(data=str(task.data()), **kwargs, **method.train_kwargs(teacher))
+    run = Path(yolo.trainer.save_dir)
+    return {"seed": seed, "epochs": epochs, "map50_95": float(yolo.metrics.box.map),
+            "map50": float(yolo.metrics.box.map50), "seconds": round(time.time() - t0, 1),
+            "curve": [round(v, 5) for v in map_curve(run)], "train_losses": loss_scale(run),
+            "params": effective_params(yolo.trainer)}
 
 
 def effective_params(trainer) -> dict:

@@ -84,6 +84,30 @@ def test_equal_time_arithmetic():
     assert e["baseline_map50_95_mean"] == pytest.approx(0.075) and e["time_ratio_mean"] == pytest.approx(1.6)
 
 
+def test_convergence_rule():
+    """E counts as converged when doubling the budget raises mean mAP50-95 by less than 5 %, paired by seed."""
+    from convergence import budget_steps
+
+    runs = {30: _rows({0: 0.10, 1: 0.12}), 60: _rows({0: 0.105, 1: 0.123}), 120: _rows({0: 0.2, 1: 0.2})}
+    steps = budget_steps([30, 60, 120], runs)
+    assert [(s["epochs"], s["doubled"]) for s in steps] == [(30, 60), (60, 120)]
+    assert steps[0]["relative_gain"] == pytest.approx(0.114 / 0.110 - 1) and steps[0]["converged"]
+    assert steps[0]["gain"] == pytest.approx(0.004) and steps[0]["gain_se"] == pytest.approx(0.001)
+    assert not steps[1]["converged"] and steps[1]["relative_gain"] == pytest.approx(0.2 / 0.114 - 1)
+
+
+def test_convergence_quick(tmp_path):
+    out = tmp_path / "conv"
+    _run("convergence.py", "--quick", "--epochs", "1,2", "--seeds", "2", "--out", str(out))
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["meta"]["seed_list"] == [0, 1] and set(result["runs"]) == {"1", "2"}
+    for e, rows in result["runs"].items():
+        assert [r["seed"] for r in rows] == [0, 1] and all(len(r["curve"]) == int(e) for r in rows)
+    (step,) = result["steps"]
+    assert (step["epochs"], step["doubled"], step["seeds"]) == (1, 2, [0, 1])
+    assert "| 1 -> 2 |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").stat().st_size > 1000
+
+
 def test_gain_quick(tmp_path):
     out = tmp_path / "gain"
     _run("gain.py", "--quick", "--seeds", "2", "--methods", METHODS, "--note", "smoke", "--out", str(out))

@@ -1,0 +1,150 @@
+#!/usr/bin/env python
+"""Has a recipe converged? Trains one model without a teacher for several epoch budgets and seeds, on a
+benchmark task, and reports what doubling the budget gains.
+
+A recipe counts as converged at E epochs when E -> 2E raises mean mAP50-95 by less than 5 % (relative),
+judged across seeds, each run with its own full learning-rate schedule (the end of a single run flattens
+anyway as the rate decays, so one curve proves nothing). Writes <out>.json, <out>.md and <out>.png (the
+mAP curves of every run, and the final mAP against the budget).
+
+    python benchmarks/convergence.py --epochs 30,60,120 --seeds 2                  # the synthetic task, yolov8n
+    python benchmarks/convergence.py --model yolov8s.yaml --epochs 35,70,140       # the teacher's plateau
+    python benchmarks/convergence.py --data ../shared/data/bccd/data.yaml --imgsz 160 --epochs 30,60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+from pathlib import Path
+
+from gain import differences, sample_sd, train_once  # noqa: I001  (gain sets sys.path and offline defaults)
+from common import FULL, QUICK, STUDENT, Method, code_version, data_task, finite, git_commit, machine
+
+import torch
+import ultralytics
+
+CONVERGED_BELOW = 0.05  # relative mAP50-95 gain of 2E over E
+
+
+def budget_steps(epochs: list[int], runs: dict[int, list[dict]]) -> list[dict]:
+    """For each budget E whose double 2E also ran: the relative gain of the means, the paired per-seed
+    gains, and whether E counts as converged."""
+    out = []
+    for e in epochs:
+        if 2 * e not in runs:
+            continue
+        short = {r["seed"]: r["map50_95"] for r in runs[e]}
+        long = {r["seed"]: r["map50_95"] for r in runs[2 * e]}
+        seeds = sorted(set(short) & set(long))
+        m_short, m_long = statistics.mean(short[s] for s in seeds), statistics.mean(long[s] for s in seeds)
+        relative = (m_long - m_short) / m_short if m_short > 0 else float("inf")
+        paired = differences([long[s] - short[s] for s in seeds])
+        out.append({"epochs": e, "doubled": 2 * e, "seeds": seeds, "map_mean": m_short, "doubled_map_mean": m_long,
+                    "relative_gain": relative, "gain": paired["mean"], "gain_se": paired["se"],
+                    "converged": relative < CONVERGED_BELOW})
+    return out
+
+
+def write_outputs(result: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(finite(result), indent=2))
+    meta = result["meta"]
+    md = [f"# Convergence of {meta['model']} ({meta['task']} task)", "",
+          f"{meta['n_train']} train / {meta['n_val']} val images, imgsz {meta['imgsz']}, recipe {meta['recipe']}; "
+          f"seeds {meta['seed_list']}; machine {meta['machine']}, code {meta['code_version']}. "
+          f"Command: `{meta['command']}`.", "",
+          "| epochs | mAP50-95 (mean ± sd) | wall s (mean) |", "|---|---|---|"]
+    for e, rows in result["runs"].items():
+        m = [r["map50_95"] for r in rows]
+        md.append(f"| {e} | {statistics.mean(m):.4f} ± {sample_sd(m):.4f} | "
+                  f"{statistics.mean(r['seconds'] for r in rows):.0f} |")
+    md += ["", "| E -> 2E | mAP50-95 at E | at 2E | relative gain | paired gain (mean ± SE) | converged at E (< 5 %) |",
+           "|---|---|---|---|---|---|"]
+    md += [f"| {s['epochs']} -> {s['doubled']} | {s['map_mean']:.4f} | {s['doubled_map_mean']:.4f} | "
+           f"{s['relative_gain']:+.1%} | {s['gain']:+.4f} ± {s['gain_se'] if s['gain_se'] is not None else float('nan'):.4f} | "
+           f"{'yes' if s['converged'] else 'no'} |" for s in result["steps"]]
+    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    plot(result, out.with_suffix(".png"))
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (curves, finals) = plt.subplots(1, 2, figsize=(11, 4))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (e, rows) in enumerate(result["runs"].items()):
+        for j, r in enumerate(rows):
+            curves.plot(range(1, len(r["curve"]) + 1), r["curve"], color=colours[i % len(colours)], alpha=0.8,
+                        label=f"{e} epochs" if j == 0 else None)
+    curves.set_xlabel("epoch")
+    curves.set_ylabel("mAP50-95 (val)")
+    curves.set_title("every run (one line per seed)")
+    curves.legend()
+    budgets = [int(e) for e in result["runs"]]
+    means = [statistics.mean(r["map50_95"] for r in rows) for rows in result["runs"].values()]
+    sds = [sample_sd([r["map50_95"] for r in rows]) for rows in result["runs"].values()]
+    finals.errorbar(budgets, means, yerr=sds, marker="o", capsize=4)
+    finals.set_xscale("log", base=2)
+    finals.set_xticks(budgets, [str(b) for b in budgets])
+    finals.set_xlabel("epoch budget (own full schedule)")
+    finals.set_ylabel("final mAP50-95 (mean ± sd)")
+    finals.set_title(f"{result['meta']['model']}, {result['meta']['task']} task")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=STUDENT, help="model YAML trained without a teacher (default: the student)")
+    p.add_argument("--epochs", required=True, help="comma-separated epoch budgets, e.g. 30,60,120")
+    p.add_argument("--seeds", type=int, default=2)
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="the smoke-sized synthetic task")
+    p.add_argument("--data", default=None, help="a data.yaml instead of the synthetic task")
+    p.add_argument("--imgsz", type=int, default=None, help="with --data: image size")
+    p.add_argument("--device", default=None)
+    p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/convergence_<task>_<model>)")
+    a = p.parse_args(argv)
+    try:
+        epochs = sorted({int(e) for e in a.epochs.split(",") if e.strip()})
+    except ValueError:
+        p.error(f"--epochs must be comma-separated integers, got {a.epochs!r}")
+    task = QUICK if a.quick else FULL
+    if a.data:
+        task = data_task(a.data, task, imgsz=a.imgsz)
+    elif a.imgsz is not None:
+        p.error("--imgsz goes with --data; the synthetic tasks have fixed recipes")
+    out = Path(a.out or f"benchmarks/results/convergence_{task.name}_{Path(a.model).stem}")
+    n_train, n_val = task.split_sizes()
+    meta = {"task": task.name, "model": a.model, "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],
+            "recipe": {k: v for k, v in task.recipe.items() if k != "imgsz"}, "seed_list": [],
+            "machine": machine(), "code_version": code_version(), "commit": git_commit(),
+            "ultralytics": ultralytics.__version__, "torch": torch.__version__,
+            "command": "python benchmarks/convergence.py" + (" " + " ".join(argv) if argv else "")}
+    runs: dict[int, list[dict]] = {e: [] for e in epochs}
+    with tempfile.TemporaryDirectory() as project:
+        for seed in range(a.first_seed, a.first_seed + a.seeds):  # outputs after every seed
+            for e in epochs:
+                row = train_once(Method("baseline"), task, None, seed, project, a.device, epochs=e, model=a.model)
+                runs[e].append(row)
+                print(f"[convergence] {a.model} {e} epochs, seed {seed}: {row['map50_95']:.4f} in {row['seconds']}s",
+                      flush=True)
+            meta["seed_list"].append(seed)
+            result = {"meta": meta, "runs": {str(e): rows for e, rows in runs.items()},
+                      "steps": budget_steps(epochs, runs)}
+            write_outputs(result, out)
+    print(out.with_suffix(".md").read_text())
+    return result
+
+
+if __name__ == "__main__":
+    import sys
+
+    main(sys.argv[1:])
