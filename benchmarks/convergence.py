@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(a.out or f"benchmarks/results/convergence_{task.name}_{Path(a.model).stem}")
     n_train, n_val = task.split_sizes()
     meta = {"task": task.name, "model": a.model, "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],
-            "recipe": {k: v for k, v in task.recipe.items() if k != "imgsz"}, "seed_list": [],
+            "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "seed_list": [],
             "machine": machine(), "code_version": code_version(), "commit": git_commit(),
             "ultralytics": ultralytics.__version__, "torch": torch.__version__,
             "command": "python benchmarks/convergence.py" + (" " + " ".join(argv) if argv else "")}
