@@ -91,6 +91,12 @@ def differences(diffs: list[float]) -> dict:
             "significant": bool(n > 1 and mean > 2 * se)}
 
 
+def gain_fields(d: dict) -> dict:
+    """A differences() result as the gain keys of a summary."""
+    return {"gain": d["mean"], "gain_se": d["se"], "gain_t": d["t"], "seeds_ahead": d["ahead"], "paired_n": d["n"],
+            "significant": d["significant"]}
+
+
 def equal_time_epochs(epochs: int, method_seconds: float, baseline_seconds: float) -> int:
     """Epochs a baseline gets to spend the method's wall time: the task's epochs times the measured time
     ratio, rounded, and never fewer than the task's epochs."""
@@ -107,14 +113,12 @@ def summarise(rows: list[dict], baseline: list[dict] | None, teacher_map: float)
         diff, diff50 = paired(rows, baseline), paired(rows, baseline, "map50")
         b_mean = statistics.mean(r["map50_95"] for r in baseline if r["seed"] in {x["seed"] for x in rows})
         gap = teacher_map - b_mean
-        out.update(gain=diff["mean"], gain_se=diff["se"], gain_t=diff["t"], seeds_ahead=diff["ahead"],
-                   paired_n=diff["n"], significant=diff["significant"], gain_map50=diff50["mean"],
-                   gain_map50_se=diff50["se"], gap_closed=diff["mean"] / gap if gap > 0 else float("nan"))
+        out.update(**gain_fields(diff), gain_map50=diff50["mean"], gain_map50_se=diff50["se"],
+                   gap_closed=diff["mean"] / gap if gap > 0 else float("nan"))
     timed = [r for r in rows if "equal_time" in r]
     if timed:  # against the baseline given the same wall time, seed for seed
         d = differences([r["map50_95"] - r["equal_time"]["map50_95"] for r in timed])
-        out["equal_time"] = {"gain": d["mean"], "gain_se": d["se"], "gain_t": d["t"], "seeds_ahead": d["ahead"],
-                             "paired_n": d["n"], "significant": d["significant"],
+        out["equal_time"] = {**gain_fields(d),
                              "time_ratio_mean": statistics.mean(r["equal_time"]["time_ratio"] for r in timed),
                              "epochs": sorted({r["equal_time"]["epochs"] for r in timed}),
                              "baseline_map50_95_mean": statistics.mean(r["equal_time"]["map50_95"] for r in timed)}

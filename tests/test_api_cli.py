@@ -15,6 +15,7 @@ import yaml
 from conftest import ROOT, TRAIN
 from distill import YOLO, available_losses
 from distill.cli import parse_extra
+from distill.compare import results_columns
 from distill.distiller import MODULES_ATTR
 
 CLEAN_LOAD = r"""
@@ -77,8 +78,7 @@ def test_cli_end_to_end(data_yaml, teacher_pt, project):
     assert (run / "weights" / "best.pt").exists()
     args = yaml.safe_load((run / "args.yaml").read_text())
     assert (args["lr0"], args["warmup_epochs"], args["mgd_alpha"], args["loss_type"]) == (0.002, 0, 4e-5, "mgd")
-    header = (run / "results.csv").read_text().splitlines()[0]
-    assert "train/mgd_loss" in header
+    assert "train/mgd_loss" in results_columns(run)
 
 
 def test_cli_yaml_teacher_negative_layers_and_passthrough_prefixes(data_yaml, project):
@@ -127,9 +127,8 @@ PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
 def _loss_columns(run: Path) -> set[str]:
-    header = (run / "results.csv").read_text().splitlines()[0]
-    return {c.strip()[len("train/"):-len("_loss")] for c in header.split(",")
-            if c.strip().startswith("train/") and c.strip()[len("train/"):-len("_loss")] in available_losses()}
+    """Names of the distillation losses with a train/<name>_loss column in the run's results.csv."""
+    return {name for name in available_losses() if f"train/{name}_loss" in results_columns(run)}
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
