@@ -1,4 +1,5 @@
-"""Shared set-up for the benchmarks: the fixed synthetic task, its cached teacher, and method specs."""
+"""Shared set-up for the benchmarks: offline defaults, method specs, and what a result records (machine,
+code version). The recipes (tasks) are in recipes.py."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,58 +18,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import distill  # noqa: E402,F401  (offline defaults before ultralytics loads)
-from distill.demo import DEMO_RECIPE, DEMO_SPEC, DEMO_STUDENT, DEMO_STUDENT_EPOCHS, DEMO_TEACHER, DEMO_TEACHER_EPOCHS  # noqa: E402
-from distill.demo import cached_teacher  # noqa: E402
-from distill.synthetic import SyntheticSpec, synthetic_dataset  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Task:
-    """A benchmark task: data (a synthetic spec or a data.yaml on disk), teacher recipe, student recipe."""
-
-    name: str
-    spec: SyntheticSpec | None
-    teacher_epochs: int
-    student_epochs: int
-    recipe: dict[str, Any] = field(default_factory=dict)
-    data_yaml: Path | None = None
-
-    def data(self) -> Path:
-        return self.data_yaml if self.data_yaml is not None else synthetic_dataset(self.spec)
-
-    def split_sizes(self) -> tuple[int, int]:
-        """Number of train and val images."""
-        from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
-
-        info = check_det_dataset(str(self.data()))
-
-        def count(entry: str | list[str]) -> int:
-            return sum(sum(1 for f in Path(d).rglob("*") if f.suffix[1:].lower() in IMG_FORMATS)
-                       for d in ([entry] if isinstance(entry, str) else entry))
-
-        return count(info["train"]), count(info["val"])
-
-    def teacher(self, device: str | None = None) -> Path:
-        extra = {"device": device} if device else {}
-        return cached_teacher(DEMO_TEACHER, self.data(), self.teacher_epochs, **self.recipe, **extra)
-
-
-# The full task is the demo's: what the README quotes. Quick is a smoke-sized version for CI.
-FULL = Task("full", DEMO_SPEC, DEMO_TEACHER_EPOCHS, DEMO_STUDENT_EPOCHS, dict(DEMO_RECIPE))
-QUICK = Task("quick", SyntheticSpec(n_train=48, n_val=16, imgsz=96, seed=0), 4, 3, {**DEMO_RECIPE, "imgsz": 64})
-STUDENT = DEMO_STUDENT
-
-
-def data_task(data_yaml: str | Path, base: Task = FULL, **overrides: Any) -> Task:
-    """`base`'s recipe on a dataset of the user's (e.g. BCCD). overrides: imgsz, batch, epochs,
-    teacher_epochs, or any other train argument; None values are ignored."""
-    path = Path(data_yaml).resolve()
-    if not path.is_file():
-        raise SystemExit(f"--data {data_yaml}: no such file. Pass the path of a dataset's data.yaml.")
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    student_epochs = overrides.pop("epochs", base.student_epochs)
-    teacher_epochs = overrides.pop("teacher_epochs", base.teacher_epochs)
-    return Task(path.parent.name, None, teacher_epochs, student_epochs, {**base.recipe, **overrides}, path)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ import tempfile
 from pathlib import Path
 
 from gain import differences, sample_sd, train_once  # noqa: I001  (gain sets sys.path and offline defaults)
-from common import FULL, QUICK, STUDENT, Method, code_version, data_task, finite, git_commit, machine
+from common import Method, code_version, finite, git_commit, machine
+from recipes import STUDENT, TASKS, select_task
 
 import torch
 import ultralytics
@@ -106,8 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--epochs", required=True, help="comma-separated epoch budgets, e.g. 30,60,120")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--first-seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="the smoke-sized synthetic task")
-    p.add_argument("--data", default=None, help="a data.yaml instead of the synthetic task")
+    p.add_argument("--task", default="short", choices=list(TASKS), help="the recipe (benchmarks/recipes.py)")
+    p.add_argument("--quick", action="store_true", help="same as --task quick")
+    p.add_argument("--data", default=None, help="a data.yaml instead of the synthetic data, with the --task recipe")
     p.add_argument("--imgsz", type=int, default=None, help="with --data: image size")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/convergence_<task>_<model>)")
@@ -116,11 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         epochs = sorted({int(e) for e in a.epochs.split(",") if e.strip()})
     except ValueError:
         p.error(f"--epochs must be comma-separated integers, got {a.epochs!r}")
-    task = QUICK if a.quick else FULL
-    if a.data:
-        task = data_task(a.data, task, imgsz=a.imgsz)
-    elif a.imgsz is not None:
-        p.error("--imgsz goes with --data; the synthetic tasks have fixed recipes")
+    task = select_task("quick" if a.quick else a.task, a.data, imgsz=a.imgsz)
     out = Path(a.out or f"benchmarks/results/convergence_{task.name}_{Path(a.model).stem}")
     n_train, n_val = task.split_sizes()
     meta = {"task": task.name, "model": a.model, "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],

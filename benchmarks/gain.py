@@ -1,12 +1,13 @@
 #!/usr/bin/env python
 """mAP gain of distillation over a same-recipe baseline, per method, over several seeds.
 
-On the embedded synthetic task (fixed size and seed) with a cached yolov8s teacher, trains a yolov8n
-student per seed and method: baseline (no teacher), each method given, and Ultralytics' built-in
+On a recipe from recipes.py (default: the demo's short schedule) with a cached yolov8s teacher, trains a
+yolov8n student per seed and method: baseline (no teacher), each method given, and Ultralytics' built-in
 distillation (`distill_model`, weight `dis`). Every run uses the same data, epochs, augmentation and
 seed list. Writes <out>.json, <out>.md and <out>.png.
 
-    python benchmarks/gain.py                       # full mode, 3 seeds (what the README quotes)
+    python benchmarks/gain.py                       # the short recipe, 3 seeds
+    python benchmarks/gain.py --task long --methods "baseline;kl" --equal-time --seeds 5
     python benchmarks/gain.py --quick               # smoke-sized, a few minutes on a CPU
     python benchmarks/gain.py --methods "cwd;cwd:cwd_weight=10;builtin:dis=6"
     python benchmarks/gain.py --data ../shared/data/bccd/data.yaml --imgsz 160 --methods "cwd+kl"
@@ -22,8 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (FULL, QUICK, STUDENT, Method, code_version, data_task, finite, git_commit, machine,  # noqa: I001
-                    parse_methods)  # (common sets sys.path and the offline defaults)
+from common import Method, code_version, finite, git_commit, machine, parse_methods  # noqa: I001  (sets sys.path, offline defaults)
+from recipes import STUDENT, TASKS, select_task
 
 import torch
 import ultralytics
@@ -205,29 +206,27 @@ def plot(result: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="smoke-sized task (tiny data, 3 epochs)")
+    p.add_argument("--task", default="short", choices=list(TASKS), help="the recipe (benchmarks/recipes.py)")
+    p.add_argument("--quick", action="store_true", help="same as --task quick (tiny data, 3 epochs)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (the spread needs 3 or more)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed + seeds - 1")
     p.add_argument("--methods", default=DEFAULT_METHODS,
                    help="';'-separated: baseline, builtin[:dis=6], <loss>[+<loss>][:arg=value,...]")
-    p.add_argument("--data", default=None,
-                   help="a data.yaml of your own instead of the synthetic task; the teacher is trained on it once and cached")
-    p.add_argument("--imgsz", type=int, default=None, help="with --data: image size (default: the task's)")
-    p.add_argument("--epochs", type=int, default=None, help="with --data: student epochs (default: the task's)")
-    p.add_argument("--teacher-epochs", type=int, default=None, help="with --data: teacher epochs (default: the task's)")
+    p.add_argument("--data", default=None, help="a data.yaml of your own instead of the synthetic data, trained with "
+                   "the --task recipe; the teacher is trained on it once and cached")
+    p.add_argument("--imgsz", type=int, default=None, help="with --data: image size (default: the recipe's)")
+    p.add_argument("--epochs", type=int, default=None, help="with --data: student epochs (default: the recipe's)")
+    p.add_argument("--teacher-epochs", type=int, default=None, help="with --data: teacher epochs (default: the recipe's)")
     p.add_argument("--equal-time", action="store_true",
                    help="also train, per seed and method, a baseline given the method's wall time (its epochs times "
                    "the measured time ratio) and report the paired difference to it")
     p.add_argument("--device", default=None)
     p.add_argument("--note", default=None, help="what the run is for (e.g. 'confirmation seeds'), kept in the outputs")
-    p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/gain[_quick])")
+    p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/gain[_<task>])")
     a = p.parse_args(argv)
-    task = QUICK if a.quick else FULL
-    if a.data:
-        task = data_task(a.data, task, imgsz=a.imgsz, epochs=a.epochs, teacher_epochs=a.teacher_epochs)
-    elif (a.imgsz, a.epochs, a.teacher_epochs) != (None, None, None):
-        p.error("--imgsz, --epochs and --teacher-epochs go with --data; the synthetic tasks have fixed recipes")
-    out = Path(a.out or f"benchmarks/results/gain{'_quick' if a.quick else ''}")
+    task = select_task("quick" if a.quick else a.task, a.data, imgsz=a.imgsz, epochs=a.epochs,
+                       teacher_epochs=a.teacher_epochs)
+    out = Path(a.out or f"benchmarks/results/gain{'' if task.name == 'full' else '_' + task.name}")
     methods = parse_methods(a.methods)
     teacher = task.teacher(a.device)
     tmeta = PlainYOLO(str(teacher)).val(data=str(task.data()), imgsz=task.recipe["imgsz"], batch=task.recipe["batch"],
@@ -236,7 +235,7 @@ def main(argv: list[str] | None = None) -> dict:
     n_train, n_val = task.split_sizes()
     meta = {"task": task.name, "student": STUDENT, "teacher": str(teacher), "teacher_map50_95": teacher_map,
             "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"], "epochs": task.student_epochs,
-            "seed_list": [], "device": a.device or "auto", "machine": machine(),
+            "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "seed_list": [], "device": a.device or "auto", "machine": machine(),
             "code_version": code_version(), "commit": git_commit(),  # before training: what ran
             "ultralytics": ultralytics.__version__, "torch": torch.__version__,
             "command": "python benchmarks/gain.py" + (" " + " ".join(argv) if argv else ""),

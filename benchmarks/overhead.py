@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import STUDENT, Method, code_version, finite, git_commit, machine, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
+from common import Method, code_version, finite, git_commit, machine, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
+from recipes import STUDENT
 
 import torch
 

@@ -1,0 +1,97 @@
+"""Every benchmark recipe in one place: the data, the student's and the teacher's schedules, and why.
+
+A recipe (`Task`) is what a gain has to be measured on for the number to mean anything: the same
+data, augmentation, optimizer and epochs for every method and seed. The scripts take one by name
+(`--task`), or a data.yaml of yours with a named recipe's settings (`--data`).
+
+- `short`: the embedded demo's recipe, 30 student epochs (the README's "short schedule" figures).
+  Its baseline is far from converged (benchmarks/results/convergence_full_yolov8n.md), so a gain
+  measured on it does not say what distillation gives a student trained to the end.
+- `long`: a recipe meant to be trained to convergence. Two changes make that affordable here:
+  `nbs` (nominal batch) 16 instead of 64, so the optimizer steps every batch instead of every 4th (at
+  batch 16 Ultralytics accumulates nbs / batch batches per step; weight decay is rescaled with it and
+  stays the same): on the demo's data, seed 0, 30 epochs reach mAP50-95 0.127 instead of 0.058 in the
+  same wall time. And synthetic objects of 10 px and up, 6 at most per image, 128 val images (less
+  noise in each mAP). Its epochs come from `convergence.py` (benchmarks/results/convergence_long_*).
+- `quick`: smoke-sized, for tests and CI.
+
+The name recorded in results is `Task.name` ("full" is the short recipe's name in older results).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import common  # noqa: F401,I001  (sys.path and the offline defaults before distill and ultralytics load)
+from distill.demo import DEMO_RECIPE, DEMO_SPEC, DEMO_STUDENT, DEMO_TEACHER, DEMO_TEACHER_EPOCHS, DEMO_STUDENT_EPOCHS
+from distill.demo import cached_teacher
+from distill.synthetic import SyntheticSpec, synthetic_dataset
+
+
+@dataclass(frozen=True)
+class Task:
+    """A benchmark recipe: data (a synthetic spec or a data.yaml on disk), teacher and student epochs,
+    and the train arguments every run shares."""
+
+    name: str
+    spec: SyntheticSpec | None
+    teacher_epochs: int
+    student_epochs: int
+    recipe: dict[str, Any] = field(default_factory=dict)
+    data_yaml: Path | None = None
+
+    def data(self) -> Path:
+        return self.data_yaml if self.data_yaml is not None else synthetic_dataset(self.spec)
+
+    def split_sizes(self) -> tuple[int, int]:
+        """Number of train and val images."""
+        from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
+
+        info = check_det_dataset(str(self.data()))
+
+        def count(entry: str | list[str]) -> int:
+            return sum(sum(1 for f in Path(d).rglob("*") if f.suffix[1:].lower() in IMG_FORMATS)
+                       for d in ([entry] if isinstance(entry, str) else entry))
+
+        return count(info["train"]), count(info["val"])
+
+    def teacher(self, device: str | None = None) -> Path:
+        """The task's yolov8s teacher: trained on the task's data with its recipe once, then cached."""
+        extra = {"device": device} if device else {}
+        return cached_teacher(DEMO_TEACHER, self.data(), self.teacher_epochs, **self.recipe, **extra)
+
+
+SHORT = Task("full", DEMO_SPEC, DEMO_TEACHER_EPOCHS, DEMO_STUDENT_EPOCHS, dict(DEMO_RECIPE))
+# Objects of 10 px and up (the demo's go down to 4 px at 128 px, which from-scratch training learns
+# last): seed 0, 40 and 80 epochs reach 0.310 and 0.482, against 0.127 and 0.251 on the demo's data.
+LONG_SPEC = SyntheticSpec(n_train=256, n_val=128, imgsz=128, seed=0, min_size=10, max_objects=6)
+LONG = Task("long", LONG_SPEC, 320, 160, {**DEMO_RECIPE, "nbs": 16})
+QUICK = Task("quick", SyntheticSpec(n_train=48, n_val=16, imgsz=96, seed=0), 4, 3, {**DEMO_RECIPE, "imgsz": 64})
+TASKS = {"short": SHORT, "long": LONG, "quick": QUICK}
+STUDENT = DEMO_STUDENT
+
+
+def select_task(name: str, data_yaml: str | Path | None = None, **overrides: Any) -> Task:
+    """The recipe `name`; with `data_yaml`, that recipe on a dataset of yours (e.g. BCCD), named after its
+    folder. overrides: epochs (the student's), teacher_epochs, or any train argument (imgsz, batch, ...);
+    None values are ignored."""
+    if name not in TASKS:
+        raise SystemExit(f"--task {name}: unknown recipe. Choose one of {', '.join(TASKS)}.")
+    task, overrides = TASKS[name], {k: v for k, v in overrides.items() if v is not None}
+    student_epochs = overrides.pop("epochs", task.student_epochs)
+    teacher_epochs = overrides.pop("teacher_epochs", task.teacher_epochs)
+    if data_yaml is None:
+        if overrides or (student_epochs, teacher_epochs) != (task.student_epochs, task.teacher_epochs):
+            raise SystemExit("--imgsz, --epochs and --teacher-epochs go with --data; the synthetic recipes are fixed "
+                             "(add one to benchmarks/recipes.py instead).")
+        return task
+    path = Path(data_yaml).resolve()
+    if not path.is_file():
+        raise SystemExit(f"--data {data_yaml}: no such file. Pass the path of a dataset's data.yaml.")
+    # The folder names the task; a recipe other than the short one says which, so that results of two
+    # recipes on one dataset never pool.
+    label = path.parent.name if name == "short" else f"{path.parent.name}-{name}"
+    return replace(task, name=label, spec=None, data_yaml=path, student_epochs=student_epochs,
+                   teacher_epochs=teacher_epochs, recipe={**task.recipe, **overrides})
