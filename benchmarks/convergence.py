@@ -10,6 +10,7 @@ mAP curves of every run, and the final mAP against the budget).
     python benchmarks/convergence.py --epochs 30,60,120 --seeds 2                  # the synthetic task, yolov8n
     python benchmarks/convergence.py --model yolov8s.yaml --epochs 35,70,140       # the teacher's plateau
     python benchmarks/convergence.py --data ../shared/data/bccd/data.yaml --imgsz 160 --epochs 30,60
+    python benchmarks/convergence.py --merge a.json b.json --out c     # pool --first-seed slices
 """
 
 from __future__ import annotations
@@ -47,6 +48,33 @@ def budget_steps(epochs: list[int], runs: dict[int, list[dict]]) -> list[dict]:
                     "relative_gain": relative, "gain": paired["mean"], "gain_se": paired["se"],
                     "converged": relative < CONVERGED_BELOW})
     return out
+
+
+SAME_RUN = ("task", "model", "n_train", "n_val", "imgsz", "recipe", "code_version", "ultralytics", "torch")
+
+
+def pool(results: list[dict], sources: list[str]) -> dict:
+    """One result from several seed slices of the same recipe, model and code; SystemExit when they differ,
+    or when a seed and budget that two slices both ran gave different mAPs (training is deterministic)."""
+    first = results[0]["meta"]
+    runs: dict[int, dict[int, dict]] = {}
+    for result, source in zip(results, sources):
+        differ = [k for k in SAME_RUN if result["meta"].get(k) != first.get(k)]
+        if differ:
+            raise SystemExit(f"{source} is not the same run as {sources[0]} ({', '.join(differ)} differ).")
+        for e, rows in result["runs"].items():
+            for row in rows:
+                known = runs.setdefault(int(e), {}).setdefault(row["seed"], row)
+                if abs(known["map50_95"] - row["map50_95"]) > 1e-9:
+                    raise SystemExit(f"{e} epochs, seed {row['seed']}: {known['map50_95']} in one file, "
+                                     f"{row['map50_95']} in {source}.")
+    epochs = sorted(runs)
+    merged = {e: [runs[e][s] for s in sorted(runs[e])] for e in epochs}
+    meta = {**first, "seed_list": sorted({s for by_seed in runs.values() for s in by_seed}),
+            "command": "python benchmarks/convergence.py --merge " + " ".join(sources),
+            "sources": [r["meta"]["command"] for r in results], "commits": [r["meta"].get("commit") for r in results]}
+    meta.pop("commit", None)
+    return {"meta": meta, "runs": {str(e): rows for e, rows in merged.items()}, "steps": budget_steps(epochs, merged)}
 
 
 def write_outputs(result: dict, out: Path) -> None:
@@ -104,7 +132,8 @@ def plot(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=STUDENT, help="model YAML trained without a teacher (default: the student)")
-    p.add_argument("--epochs", required=True, help="comma-separated epoch budgets, e.g. 30,60,120")
+    p.add_argument("--epochs", help="comma-separated epoch budgets, e.g. 30,60,120")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="pool these results (seed slices) instead of training")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--first-seed", type=int, default=0)
     p.add_argument("--task", default="short", choices=list(TASKS), help="the recipe (benchmarks/recipes.py)")
@@ -114,11 +143,23 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/convergence_<task>_<model>)")
     a = p.parse_args(argv)
+    if a.merge:
+        if not a.out:
+            p.error("--merge needs --out")
+        result = pool([json.loads(Path(f).read_text()) for f in a.merge], a.merge)
+        write_outputs(result, Path(a.out))
+        print(Path(a.out).with_suffix(".md").read_text())
+        return result
+    if not a.epochs:
+        p.error("--epochs is required (or --merge)")
     try:
         epochs = sorted({int(e) for e in a.epochs.split(",") if e.strip()})
     except ValueError:
         p.error(f"--epochs must be comma-separated integers, got {a.epochs!r}")
-    task = select_task("quick" if a.quick else a.task, a.data, imgsz=a.imgsz)
+    try:
+        task = select_task("quick" if a.quick else a.task, a.data, imgsz=a.imgsz)
+    except ValueError as e:
+        p.error(str(e))
     out = Path(a.out or f"benchmarks/results/convergence_{task.name}_{Path(a.model).stem}")
     n_train, n_val = task.split_sizes()
     meta = {"task": task.name, "model": a.model, "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],

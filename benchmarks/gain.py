@@ -224,8 +224,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--note", default=None, help="what the run is for (e.g. 'confirmation seeds'), kept in the outputs")
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/gain[_<task>])")
     a = p.parse_args(argv)
-    task = select_task("quick" if a.quick else a.task, a.data, imgsz=a.imgsz, epochs=a.epochs,
-                       teacher_epochs=a.teacher_epochs)
+    try:
+        task = select_task("quick" if a.quick else a.task, a.data, imgsz=a.imgsz, epochs=a.epochs,
+                           teacher_epochs=a.teacher_epochs)
+    except ValueError as e:
+        p.error(str(e))
     out = Path(a.out or f"benchmarks/results/gain{'' if task.name == 'full' else '_' + task.name}")
     methods = parse_methods(a.methods)
     teacher = task.teacher(a.device)

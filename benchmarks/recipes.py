@@ -76,20 +76,20 @@ STUDENT = DEMO_STUDENT
 def select_task(name: str, data_yaml: str | Path | None = None, **overrides: Any) -> Task:
     """The recipe `name`; with `data_yaml`, that recipe on a dataset of yours (e.g. BCCD), named after its
     folder. overrides: epochs (the student's), teacher_epochs, or any train argument (imgsz, batch, ...);
-    None values are ignored."""
+    None values are ignored. ValueError when the combination makes no sense."""
     if name not in TASKS:
-        raise SystemExit(f"--task {name}: unknown recipe. Choose one of {', '.join(TASKS)}.")
+        raise ValueError(f"--task {name}: unknown recipe. Choose one of {', '.join(TASKS)}.")
     task, overrides = TASKS[name], {k: v for k, v in overrides.items() if v is not None}
     student_epochs = overrides.pop("epochs", task.student_epochs)
     teacher_epochs = overrides.pop("teacher_epochs", task.teacher_epochs)
     if data_yaml is None:
         if overrides or (student_epochs, teacher_epochs) != (task.student_epochs, task.teacher_epochs):
-            raise SystemExit("--imgsz, --epochs and --teacher-epochs go with --data; the synthetic recipes are fixed "
+            raise ValueError("--imgsz, --epochs and --teacher-epochs go with --data; the synthetic recipes are fixed "
                              "(add one to benchmarks/recipes.py instead).")
         return task
     path = Path(data_yaml).resolve()
     if not path.is_file():
-        raise SystemExit(f"--data {data_yaml}: no such file. Pass the path of a dataset's data.yaml.")
+        raise ValueError(f"--data {data_yaml}: no such file. Pass the path of a dataset's data.yaml.")
     # The folder names the task; a recipe other than the short one says which, so that results of two
     # recipes on one dataset never pool.
     label = path.parent.name if name == "short" else f"{path.parent.name}-{name}"

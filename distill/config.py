@@ -28,6 +28,12 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
     "distill_weight": (1.0, "global multiplier on every distillation term"),
     "distill_schedule": ("constant", f"epoch-level weight schedule: {', '.join(SCHEDULES)}"),
     "distill_final": (0.1, "weight ratio reached at the last epoch by 'linear' and 'cosine'"),
+    "distill_balance": (0.0, "0: each loss's own weight. > 0: calibrate each term's scale over the first "
+                        "distill_balance_steps batches so that it equals this share of the detection loss, then hold it"),
+    "distill_balance_steps": (20, "batches the calibration of distill_balance averages over (the terms carry no "
+                              "weight meanwhile)"),
+    "distill_balance_scales": (None, "the calibrated scales, {loss: scale}; written by training (resume keeps them), "
+                               "or given to reuse another run's"),
     "distill_layers": (None, "student layer indices to distil, e.g. '15,18,21'; negative ones count back from the "
                        "head (-1: the layer feeding it). Default: the Detect head inputs"),
     "distill_teacher_layers": (None, "teacher layer indices paired with distill_layers. Default: the teacher's "
@@ -73,6 +79,9 @@ class DistillSettings:
     final: float = 0.1
     student_layers: list[int] | None = None
     teacher_layers: list[int] | None = None
+    balance: float = 0.0
+    balance_steps: int = 20
+    balance_scales: dict[str, float] | None = None
     unused: list[str] = field(default_factory=list)  # `<loss>_<param>` changed from default, loss not in use
 
     @classmethod
@@ -98,7 +107,15 @@ class DistillSettings:
         if not 0 <= final <= 1:
             raise ValueError(f"distill_final must be in [0, 1], got {final}.")
         s_layers, t_layers = parse_layers(get("distill_layers")), parse_layers(get("distill_teacher_layers"))
-        return cls(get("Distillation"), losses, params, weight, schedule, final, s_layers, t_layers, unused)
+        balance = _number(get("distill_balance"), "distill_balance", CORE_KEYS["distill_balance"][0])
+        if balance < 0:
+            raise ValueError(f"distill_balance must be >= 0 (0 turns it off), got {balance}.")
+        steps = _number(get("distill_balance_steps"), "distill_balance_steps", CORE_KEYS["distill_balance_steps"][0])
+        if steps < 1 or steps != int(steps):
+            raise ValueError(f"distill_balance_steps must be a whole number >= 1, got {get('distill_balance_steps')!r}.")
+        scales = parse_scales(get("distill_balance_scales"), losses) if balance else None
+        return cls(get("Distillation"), losses, params, weight, schedule, final, s_layers, t_layers,
+                   balance, int(steps), scales, unused)
 
     def factor(self, epoch: int, epochs: int) -> float:
         """Schedule multiplier for 0-based `epoch` of `epochs`: 1 at the start, `final` at the last epoch."""
@@ -108,6 +125,19 @@ class DistillSettings:
         if self.schedule == "linear":
             return 1.0 - (1.0 - self.final) * p
         return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def parse_scales(value: Any, losses: list[str]) -> dict[str, float] | None:
+    """distill_balance_scales as {loss: scale} for exactly `losses`, or None (not calibrated yet)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, dict) or set(value) != set(losses):
+        raise ValueError(f"distill_balance_scales must give one scale per loss in use ({', '.join(losses)}), got "
+                         f"{value!r}. Leave it unset to calibrate.")
+    scales = {name: _number(value[name], f"distill_balance_scales[{name}]", 0.0) for name in losses}
+    if any(v < 0 for v in scales.values()):
+        raise ValueError(f"distill_balance_scales must be >= 0, got {value!r}.")
+    return scales
 
 
 def _number(value: Any, name: str, default: float) -> float:

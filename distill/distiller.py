@@ -14,10 +14,11 @@ import torch
 from torch import nn
 from ultralytics.utils import LOGGER
 
+from distill.balance import Balancer
 from distill.config import DistillSettings
 from distill.connectors import align, build_connectors
 from distill.features import FeatureRecorder, pair_layers, probe_shapes
-from distill.losses import build_loss
+from distill.losses import build_loss, feature_losses
 
 MODULES_ATTR = "distill_modules"  # student attribute holding connectors and loss-owned layers
 
@@ -53,6 +54,8 @@ class Distiller:
         self._teacher_out: tuple[list[torch.Tensor], dict | None] | None = None
         self._student: nn.Module | None = None
         self.factor = 1.0
+        self.balancer = (Balancer(settings.balance, settings.balance_steps, list(self.losses), settings.balance_scales)
+                         if settings.balance > 0 else None)
 
     # ---- set-up -------------------------------------------------------------------------------------------------
     def to(self, device: torch.device) -> "Distiller":
@@ -78,8 +81,10 @@ class Distiller:
             return
         s_shapes = probe_shapes(student, self.student_layers, "student")
         t_shapes = probe_shapes(self.teacher, self.teacher_layers, "teacher")
-        t_channels = [c for c, _, _ in t_shapes]
-        modules = nn.ModuleDict({"connectors": build_connectors([c for c, _, _ in s_shapes], t_channels)})
+        s_channels, t_channels = [c for c, _, _ in s_shapes], [c for c, _, _ in t_shapes]
+        # Connectors only where a loss compares channels one to one; the others see the student's own maps.
+        projected = any(loss.kind == "feature" and loss.aligns_channels for loss in self.losses.values())
+        modules = nn.ModuleDict({"connectors": build_connectors(s_channels, t_channels if projected else s_channels)})
         for name, loss in self.losses.items():
             if (extra := loss.build(t_channels)) is not None:
                 modules[name] = extra
@@ -97,7 +102,7 @@ class Distiller:
         setattr(student, MODULES_ATTR, modules.to(next(student.parameters()).device))
         LOGGER.info(
             f"Distillation: losses {'+'.join(self.losses)}, student layers {self.student_layers} "
-            f"{[c for c, _, _ in s_shapes]} -> teacher layers {self.teacher_layers} {t_channels}"
+            f"{s_channels} -> teacher layers {self.teacher_layers} {t_channels}"
         )
 
     def _check_heads(self, student: nn.Module) -> None:
@@ -105,7 +110,7 @@ class Distiller:
         if sh.nc != th.nc:
             raise ValueError(
                 f"logit distillation needs the same classes, but the student has {sh.nc} and the teacher {th.nc}. "
-                "Use a teacher trained on this dataset, or a feature loss (cwd, mgd, mimic)."
+                f"Use a teacher trained on this dataset, or a feature loss ({', '.join(feature_losses())})."
             )
         if list(student.stride) != list(self.teacher.stride):
             raise ValueError(
@@ -141,26 +146,34 @@ class Distiller:
         """True between before_forward and terms(): a training step is in flight."""
         return self._teacher_out is not None
 
-    def terms(self, preds: Any) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted distillation terms, shape (n_losses,), per image (not yet scaled by batch size), fp32."""
+    def terms(self, preds: Any, detection: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Weighted distillation terms, shape (n_losses,), per image (not yet scaled by batch size), fp32.
+        detection: this batch's detection loss per image (scalar), which self-balancing calibrates against."""
         s_feats = self._student_rec.take()
         t_feats, t_head = self._teacher_out
         self._teacher_out = None
         device = s_feats[0].device
-        values, items = [], {}
+        values, raws, items = [], [], {}
         with torch.autocast(device.type, enabled=False):  # losses in fp32 whatever the AMP setting
             if self.needs_features:
                 modules = getattr(self._student, MODULES_ATTR)
                 t32 = [t.float() for t in t_feats]
                 aligned = [align(c, s.float(), t.shape[-2:]) for c, s, t in zip(modules["connectors"], s_feats, t32)]
+                own = [align(nn.Identity(), s.float(), t.shape[-2:]) for s, t in zip(s_feats, t32)]
             for name, loss in self.losses.items():
                 if loss.kind == "feature":
-                    value = loss(aligned, t32, modules[name] if name in modules else None)
+                    value = loss(aligned if loss.aligns_channels else own, t32, modules[name] if name in modules else None)
                 else:
                     value = loss(head_outputs(preds), t_head)
-                value = value * (loss.weight * self.settings.weight * self.factor)
+                raws.append(value.detach())
+                weight = loss.weight if self.balancer is None else self.balancer.scale(name)
+                value = value * (weight * self.settings.weight * self.factor)
                 values.append(value)
                 items[f"{name}_loss"] = value.detach()
+        if self.balancer is not None and not self.balancer.calibrated:
+            if detection is None:
+                raise ValueError("self-balancing needs the detection loss of the batch")
+            self.balancer.observe(detection, torch.stack(raws))
         return torch.stack(values), items
 
 
@@ -179,7 +192,7 @@ class DistillationCriterion:
         loss, items = self.detection(preds, batch)
         if not self.distiller.pending:  # e.g. a loss evaluated outside a training step
             return loss, items
-        terms, extra = self.distiller.terms(preds)
+        terms, extra = self.distiller.terms(preds, loss.detach().float().sum() / batch["img"].shape[0])
         return torch.cat([loss.float(), terms * batch["img"].shape[0]]), {**items, **extra}
 
     def update(self) -> None:

@@ -17,7 +17,7 @@ from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_m
 
 from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings
 from distill.distiller import MODULES_ATTR, Distiller
-from distill.losses import get_loss_class
+from distill.losses import feature_losses, get_loss_class
 from distill.teacher import (atomic_save, class_names, freeze, load_teacher, needs_teacher_file, save_teacher,
                              teacher_save_path)
 
@@ -60,7 +60,14 @@ class DistillationTrainer(DetectionTrainer):
     def _setup_train(self):
         """Ultralytics' set-up, with the teacher first moved to this rank's device (final by now)."""
         self.distiller.to(self.device)
-        return super()._setup_train()
+        out = super()._setup_train()
+        balancer = self.distiller.balancer
+        batches = len(self.train_loader) * (self.epochs - self.start_epoch)
+        if balancer is not None and not balancer.calibrated and balancer.steps >= batches:
+            self._discard_run()
+            raise ValueError(f"distill_balance_steps={balancer.steps} calibration batches leave none of the "
+                             f"{batches} training batches to distil. Lower distill_balance_steps or train longer.")
+        return out
 
     def get_model(self, cfg=None, weights: nn.Module | None = None, verbose: bool = True):
         """Student from Ultralytics, with connectors and loss layers attached before the optimizer is built."""
@@ -97,7 +104,15 @@ class DistillationTrainer(DetectionTrainer):
 
     def save_model(self):
         self.distiller.release()  # hooks must never be copied into a checkpoint
+        self.record_balance()
         return super().save_model()
+
+    def record_balance(self) -> None:
+        """Put calibrated scales into the args, which every checkpoint saves (train_args) and resume restores."""
+        balancer = self.distiller.balancer
+        if balancer is not None and balancer.calibrated and self.args.distill_balance_scales != balancer.scales:
+            self.args.distill_balance_scales = dict(balancer.scales)
+            self.distiller.settings.balance_scales = dict(balancer.scales)
 
     def final_eval(self):
         """Strip distillation-only layers from the final checkpoints (keeping the trained connectors in
@@ -122,6 +137,8 @@ class DistillationTrainer(DetectionTrainer):
             "weight": s.weight,
             "schedule": s.schedule,
             "final": s.final,
+            "balance": s.balance,
+            "balance_scales": dict(s.balance_scales) if s.balance_scales else None,
             "student_layers": list(self.distiller.student_layers),
             "teacher_layers": list(self.distiller.teacher_layers),
         }
@@ -157,7 +174,7 @@ def check_classes(teacher: nn.Module, names: list[str], settings: DistillSetting
     logit = [n for n in settings.losses if get_loss_class(n).kind == "logit"]
     if logit:
         raise ValueError(f"{msg}; the logit loss '{'+'.join(logit)}' needs the same classes. Use a teacher trained "
-                         "on these classes, or feature losses only (cwd, mgd, mimic).")
+                         f"on these classes, or feature losses only ({', '.join(feature_losses())}).")
     LOGGER.warning(f"Distillation: {msg}; feature losses proceed.")
 
 

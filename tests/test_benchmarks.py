@@ -96,16 +96,36 @@ def test_convergence_rule():
     assert not steps[1]["converged"] and steps[1]["relative_gain"] == pytest.approx(0.2 / 0.114 - 1)
 
 
-def test_convergence_quick(tmp_path):
-    out = tmp_path / "conv"
-    _run("convergence.py", "--quick", "--epochs", "1,2", "--seeds", "2", "--out", str(out))
+def test_convergence_quick_in_seed_slices_pooled(tmp_path):
+    """Two --first-seed slices pooled by --merge give the table one run of both seeds would; slices of another
+    recipe, or a seed whose mAP differs between slices, are refused."""
+    a, b, out = tmp_path / "s0", tmp_path / "s1", tmp_path / "conv"
+    _run("convergence.py", "--quick", "--epochs", "1,2", "--seeds", "1", "--out", str(a))
+    _run("convergence.py", "--quick", "--epochs", "1,2", "--seeds", "1", "--first-seed", "1", "--out", str(b))
+    _run("convergence.py", "--merge", str(a.with_suffix(".json")), str(b.with_suffix(".json")), "--out", str(out))
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["meta"]["seed_list"] == [0, 1] and set(result["runs"]) == {"1", "2"}
+    assert len(result["meta"]["sources"]) == 2
     for e, rows in result["runs"].items():
         assert [r["seed"] for r in rows] == [0, 1] and all(len(r["curve"]) == int(e) for r in rows)
     (step,) = result["steps"]
     assert (step["epochs"], step["doubled"], step["seeds"]) == (1, 2, [0, 1])
+    maps = {e: [r["map50_95"] for r in rows] for e, rows in result["runs"].items()}
+    assert step["gain"] == pytest.approx(statistics.mean(maps["2"]) - statistics.mean(maps["1"]))
     assert "| 1 -> 2 |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").stat().st_size > 1000
+
+    other = json.loads(b.with_suffix(".json").read_text())
+    other["meta"]["recipe"]["nbs"] = 16
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    done = _run("convergence.py", "--merge", str(a.with_suffix(".json")), str(tmp_path / "other.json"),
+                "--out", str(tmp_path / "x"), rc=1)
+    assert "recipe" in done.stderr and not (tmp_path / "x.json").exists()
+    clash = json.loads(a.with_suffix(".json").read_text())
+    clash["runs"]["2"][0]["map50_95"] += 0.01
+    (tmp_path / "clash.json").write_text(json.dumps(clash))
+    done = _run("convergence.py", "--merge", str(a.with_suffix(".json")), str(tmp_path / "clash.json"),
+                "--out", str(tmp_path / "x"), rc=1)
+    assert "seed 0" in done.stderr and not (tmp_path / "x.json").exists()
 
 
 def test_gain_quick(tmp_path):
@@ -131,9 +151,10 @@ def test_gain_quick(tmp_path):
 
 
 def test_gain_on_a_users_data_yaml(tmp_path, data_yaml):
-    """--data trains a teacher on the given dataset (cached) and records each term's size per run."""
+    """--data trains a teacher on the given dataset (cached) with the --task recipe and records each term's size
+    per run."""
     out = tmp_path / "gain"
-    _run("gain.py", "--data", data_yaml, "--imgsz", "64", "--epochs", "2", "--teacher-epochs", "1", "--seeds", "1",
+    _run("gain.py", "--data", data_yaml, "--task", "long", "--imgsz", "64", "--epochs", "2", "--teacher-epochs", "1", "--seeds", "1",
          "--first-seed", "5", "--methods", "baseline;cwd+kl;builtin:dis=2", "--equal-time", "--out", str(out),
          env={"DISTILL_CACHE_DIR": str(tmp_path / "cache")})
     result = json.loads(out.with_suffix(".json").read_text())
@@ -147,6 +168,7 @@ def test_gain_on_a_users_data_yaml(tmp_path, data_yaml):
     assert "Against a baseline given the same wall time" in out.with_suffix(".md").read_text()
     meta = result["meta"]
     assert (meta["n_train"], meta["n_val"], meta["imgsz"], meta["epochs"]) == (16, 8, 64, 2)
+    assert meta["task"].endswith("-long") and meta["recipe"]["nbs"] == 16  # never pooled with the short recipe's
     assert list((tmp_path / "cache" / "teachers").glob("yolov8s-*.pt"))
     losses = result["methods"]["cwd+kl"]["runs"][0]["train_losses"]
     assert losses["cwd_loss"][0] > 0 and losses["kl_loss"][0] > 0 and losses["box_loss"][0] > 0

@@ -58,11 +58,32 @@ def ref_kl(zs, zt, bs, bt, T, Tb):
     return T**2 * num_cls / den + Tb**2 * num_box / den
 
 
+def ref_pkd(s, t):
+    """Mean over channels of 1 - Pearson correlation of that channel's N*H*W values (the paper's objective)."""
+    total = 0.0
+    for j in range(s.shape[1]):
+        total += 1 - np.corrcoef(s[:, j].reshape(-1), t[:, j].reshape(-1))[0, 1]
+    return total / s.shape[1]
+
+
+def ref_attention(s, t, p, beta, axes):
+    """beta/2 * mean of squared differences of the per-image L2-normalised attention, pooling |x|^p over `axes`
+    (channels for spatial attention, locations for channel attention), with explicit per-image loops."""
+    total, count = 0.0, 0
+    for i in range(s.shape[0]):
+        a = (np.abs(s[i]) ** p).mean(axis=axes).reshape(-1)
+        b = (np.abs(t[i]) ** p).mean(axis=axes).reshape(-1)
+        a, b = a / np.sqrt((a**2).sum()), b / np.sqrt((b**2).sum())
+        total += ((a - b) ** 2).sum()
+        count += a.size
+    return beta / 2 * total / count
+
+
 # ---- tests ----------------------------------------------------------------------------------------------------------
-def test_registry_lists_the_four_losses():
-    assert {"kl", "mimic", "cwd", "mgd"} <= set(available_losses())
-    assert parse_loss_spec("cwd+kl") == ["cwd", "kl"]
-    with pytest.raises(ValueError, match="Registered losses: cwd, kl, mgd, mimic"):
+def test_registry_lists_every_loss():
+    assert set(available_losses()) == {"kl", "mimic", "cwd", "mgd", "pkd", "at", "at_channel"}
+    assert parse_loss_spec("cwd+kl") == ["cwd", "kl"] and parse_loss_spec("at_channel+kl") == ["at_channel", "kl"]
+    with pytest.raises(ValueError, match="Registered losses: at, at_channel, cwd, kl, mgd, mimic, pkd"):
         parse_loss_spec("cwd+fgd")
 
 
@@ -119,6 +140,35 @@ def test_mgd_masks_the_paper_fraction():
     assert seen[0] == pytest.approx(0.65, abs=0.03)
 
 
+def test_pkd_matches_one_minus_pearson_and_ignores_scale():
+    s, t = rng.normal(size=(3, 4, 2, 3)), rng.normal(size=(3, 4, 2, 3))
+    loss = build_loss("pkd")
+    got = float(loss([torch.tensor(s)], [torch.tensor(t)], None))
+    assert got == pytest.approx(ref_pkd(s, t), rel=1e-4)
+    # scale and offset of either map, per channel, change nothing: that is the point of the loss
+    scale, shift = rng.uniform(0.1, 50, size=(1, 4, 1, 1)), rng.normal(size=(1, 4, 1, 1)) * 10
+    assert float(loss([torch.tensor(s * scale + shift)], [torch.tensor(t)], None)) == pytest.approx(got, rel=1e-4)
+    assert float(loss([torch.tensor(t * 7 - 3)], [torch.tensor(t)], None)) == pytest.approx(0.0, abs=1e-6)
+    assert float(loss([torch.tensor(-t)], [torch.tensor(t)], None)) == pytest.approx(2.0, rel=1e-5)
+
+
+@pytest.mark.parametrize("p,beta", [(2.0, 1000.0), (1.0, 3.0)])
+def test_attention_losses_match_reference(p, beta):
+    s, t = rng.normal(size=(2, 3, 4, 5)), rng.normal(size=(2, 3, 4, 5))
+    for name, axes in (("at", 0), ("at_channel", (1, 2))):
+        got = build_loss(name, {"p": p, "beta": beta})([torch.tensor(s)], [torch.tensor(t)], None)
+        assert float(got) == pytest.approx(ref_attention(s, t, p, beta, axes), rel=1e-6), name
+        assert float(build_loss(name)([torch.tensor(3 * t)], [torch.tensor(t)], None)) == pytest.approx(0, abs=1e-9)
+
+
+def test_spatial_attention_needs_no_connector_and_channel_attention_does():
+    assert get_loss_class("at").aligns_channels is False
+    assert all(get_loss_class(n).aligns_channels for n in ("at_channel", "pkd", "cwd", "mgd", "mimic"))
+    # spatial attention compares maps of different widths directly
+    s, t = torch.randn(2, 8, 4, 4), torch.randn(2, 32, 4, 4)
+    assert float(build_loss("at")([s], [t], None)) > 0
+
+
 def test_kl_zero_for_identical_and_hand_value():
     loss = build_loss("kl", {"temperature": 1.0, "box_temperature": 1.0})
     head = {"scores": torch.randn(2, 3, 5), "boxes": torch.randn(2, 4 * 4, 5)}
@@ -148,6 +198,8 @@ def test_kl_matches_reference(T, Tb):
         ("kl", {"temperature": -2.0}, "kl_temperature must be > 0"),
         ("mgd", {"mask_ratio": 1.0}, r"mgd_mask_ratio must be in \[0, 1\)"),
         ("mgd", {"alpha": -1e-5}, "mgd_alpha must be >= 0"),
+        ("at", {"p": 0.0}, "at_p must be > 0"),
+        ("at_channel", {"beta": -1.0}, "at_channel_beta must be >= 0"),
     ],
 )
 def test_invalid_hyperparameters_are_named(name, params, match):

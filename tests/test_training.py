@@ -17,7 +17,7 @@ from distill import YOLO, DistillationTrainer
 from distill.compare import results_columns
 from distill.distiller import MODULES_ATTR, DistillationCriterion
 
-LOSSES = ["cwd", "mgd", "mimic", "kl"]
+LOSSES = ["cwd", "mgd", "mimic", "kl", "pkd", "at", "at_channel"]
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -73,9 +73,11 @@ def test_optimizer_steps_lower_the_distillation_term(loss, student, teacher, dat
         trainer.optimizer_step()
     assert values[0] > 0
     assert values[-1] < values[0], values
-    if modules is not None:  # connectors / generators are trained
+    if loss == "at":  # one-channel attention maps: the student's own maps, no trainable connector
+        assert all(isinstance(c, torch.nn.Identity) for c in modules["connectors"]) and not modules_before
+    elif modules is not None:  # connectors / generators are trained
         after = getattr(trainer.model, MODULES_ATTR).state_dict()
-        assert any(not torch.equal(v, after[k]) for k, v in modules_before.items())
+        assert modules_before and any(not torch.equal(v, after[k]) for k, v in modules_before.items())
     _assert_teacher_untouched(trainer, teacher_before)
 
 
@@ -183,8 +185,8 @@ def test_amp_stays_on_and_terms_are_fp32(data_yaml, teacher_pt, project, monkeyp
     spy_on(FeatureLoss)
     spy_on(KLLoss)
     real_terms = Distiller.terms
-    monkeypatch.setattr(Distiller, "terms", lambda self, preds: raw.append(self._student_rec._outputs[0].dtype)
-                        or real_terms(self, preds))
+    monkeypatch.setattr(Distiller, "terms", lambda self, preds, *rest: raw.append(self._student_rec._outputs[0].dtype)
+                        or real_terms(self, preds, *rest))
     model = YOLO("yolov8n.yaml")
     model.train(data=data_yaml, Distillation=teacher_pt, loss_type="cwd+mgd+kl", amp=True, project=project, name="amp",
                 **TRAIN)

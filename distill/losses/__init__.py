@@ -46,6 +46,11 @@ def available_losses() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def feature_losses() -> list[str]:
+    """Registered losses on neck maps (usable with any teacher), sorted."""
+    return [n for n in available_losses() if _REGISTRY[n].kind == "feature"]
+
+
 def get_loss_class(name: str) -> type[DistillLoss]:
     """Registered class for `name`; ValueError listing the registered names otherwise."""
     try:
@@ -79,5 +84,5 @@ for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "base":
         importlib.import_module(f"{__name__}.{_mod.name}")
 
-__all__ = ["DistillLoss", "FeatureLoss", "LogitLoss", "available_losses", "build_loss", "get_loss_class",
+__all__ = ["DistillLoss", "FeatureLoss", "LogitLoss", "available_losses", "build_loss", "feature_losses", "get_loss_class",
            "parse_loss_spec", "register_loss"]

@@ -55,9 +55,12 @@ class DistillLoss:
 
 
 class FeatureLoss(DistillLoss):
-    """Loss on paired neck maps; the student maps arrive already aligned to the teacher's shape."""
+    """Loss on paired neck maps, resized to the teacher's grid. With `aligns_channels` (the default) the
+    student's maps first pass through a trainable connector to the teacher's channels; a loss on a
+    channel-free quantity (e.g. spatial attention) sets it False and gets the student's own channels."""
 
     kind = "feature"
+    aligns_channels: ClassVar[bool] = True
 
     def __call__(self, student: list[torch.Tensor], teacher: list[torch.Tensor], modules: nn.Module | None) -> torch.Tensor:
         """student, teacher: per level (B, C, H, W) fp32 -> scalar, summed over levels."""

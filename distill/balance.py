@@ -1,0 +1,65 @@
+"""Self-balancing weights: one scale per distillation term, calibrated once so that the term carries a chosen
+share of the detection loss, then held fixed.
+
+Why: each loss has its own magnitude (CWD's KL sums, MGD's squared errors, PKD's bounded correlations), and
+that magnitude moves with the models and the data, so a weight swept on one task is a guess on the next.
+Calibration measures the magnitudes on the user's own first batches instead.
+
+During the first `steps` batches the terms are computed but carry no weight (the student trains on the
+detection loss alone) and their means are recorded with the detection loss's. Then, per term,
+    scale = share * mean(detection loss per image) / mean(term per image)
+and from there on the term enters the loss as scale * term (times distill_weight and the schedule).
+Under DDP the sums are all-reduced first, so every rank holds the same scales.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from ultralytics.utils import LOGGER
+
+
+class Balancer:
+    """Per-term scales: calibrated from the first `steps` observations, or given (resume, reuse)."""
+
+    def __init__(self, share: float, steps: int, names: list[str], scales: dict[str, float] | None = None) -> None:
+        self.share, self.steps, self.names = share, steps, list(names)
+        self.scales = dict(scales) if scales is not None else None
+        self._sums: torch.Tensor | None = None  # detection, each term, in float64
+        self._count = 0
+
+    @property
+    def calibrated(self) -> bool:
+        return self.scales is not None
+
+    def scale(self, name: str) -> float:
+        """Multiplier for the raw term `name`: 0 while calibrating, then its scale."""
+        return 0.0 if self.scales is None else self.scales[name]
+
+    def observe(self, detection: torch.Tensor, raw: torch.Tensor) -> None:
+        """Record one batch: detection loss per image (scalar) and the raw terms per image (n_terms,)."""
+        if self.scales is not None:
+            return
+        values = torch.cat([detection.detach().reshape(1), raw.detach().reshape(-1)]).double()
+        self._sums = values if self._sums is None else self._sums + values
+        self._count += 1
+        if self._count >= self.steps:
+            self._finish()
+
+    def _finish(self) -> None:
+        sums = torch.cat([self._sums, self._sums.new_tensor([self._count])])
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(sums)  # every rank ends with the same scales
+        means = (sums[:-1] / sums[-1]).tolist()
+        detection, terms = means[0], means[1:]
+        self.scales = {}
+        for name, mean in zip(self.names, terms):
+            if mean > 0:
+                self.scales[name] = self.share * detection / mean
+            else:
+                self.scales[name] = 0.0
+                LOGGER.warning(f"Distillation: the {name} term was 0 on all {self.steps} calibration batches; it stays off.")
+        self._sums = None
+        shown = ", ".join(f"{n} {s:.4g}" for n, s in self.scales.items())
+        LOGGER.info(f"Distillation: balanced after {self.steps} batches (detection loss {detection:.4g} per image, "
+                    f"share {self.share}): scales {shown}")
