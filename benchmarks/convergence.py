@@ -10,6 +10,7 @@ mAP curves of every run, and the final mAP against the budget).
     python benchmarks/convergence.py --epochs 30,60,120 --seeds 2                  # the synthetic task, yolov8n
     python benchmarks/convergence.py --model yolov8s.yaml --epochs 35,70,140       # the teacher's plateau
     python benchmarks/convergence.py --data ../shared/data/bccd/data.yaml --imgsz 160 --epochs 30,60
+    python benchmarks/convergence.py --task long --teacher --epochs 160,320     # the task's teacher, cached
     python benchmarks/convergence.py --merge a.json b.json --out c     # pool --first-seed slices
 """
 
@@ -19,14 +20,18 @@ import argparse
 import json
 import statistics
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from gain import differences, sample_sd, train_once  # noqa: I001  (gain sets sys.path and offline defaults)
 from common import Method, code_version, finite, git_commit, machine
 from recipes import STUDENT, TASKS, select_task
 
+from distill.demo import DEMO_TEACHER, teacher_history
+
 import torch
 import ultralytics
+from ultralytics import YOLO as PlainYOLO
 
 CONVERGED_BELOW = 0.05  # relative mAP50-95 gain of 2E over E
 
@@ -87,9 +92,9 @@ def write_outputs(result: dict, out: Path) -> None:
           f"Command: `{meta['command']}`.", "",
           "| epochs | mAP50-95 (mean ± sd) | wall s (mean) |", "|---|---|---|"]
     for e, rows in result["runs"].items():
-        m = [r["map50_95"] for r in rows]
+        m, secs = [r["map50_95"] for r in rows], [r["seconds"] for r in rows if r["seconds"] is not None]
         md.append(f"| {e} | {statistics.mean(m):.4f} ± {sample_sd(m):.4f} | "
-                  f"{statistics.mean(r['seconds'] for r in rows):.0f} |")
+                  f"{f'{statistics.mean(secs):.0f}' if secs else '— (trained before times were kept)'} |")
     md += ["", "| E -> 2E | mAP50-95 at E | at 2E | relative gain | paired gain (mean ± SE) | converged at E (< 5 %) |",
            "|---|---|---|---|---|---|"]
     md += [f"| {s['epochs']} -> {s['doubled']} | {s['map_mean']:.4f} | {s['doubled_map_mean']:.4f} | "
@@ -129,9 +134,24 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def teacher_run(task, epochs: int, device: str | None) -> dict:
+    """The task's teacher trained for `epochs` (or found in the cache), as a run row: its final mAPs on the val
+    split, and the curve and wall seconds recorded when it was trained."""
+    path = replace(task, teacher_epochs=epochs).teacher(device)
+    metrics = PlainYOLO(str(path)).val(data=str(task.data()), imgsz=task.recipe["imgsz"], batch=task.recipe["batch"],
+                                       plots=False, verbose=False, **({"device": device} if device else {}))
+    history = teacher_history(path)
+    return {"seed": task.recipe["seed"], "epochs": epochs, "map50_95": float(metrics.box.map),
+            "map50": float(metrics.box.map50), "seconds": history.get("seconds"), "curve": history.get("curve", []),
+            "weights": str(path)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=STUDENT, help="model YAML trained without a teacher (default: the student)")
+    p.add_argument("--teacher", action="store_true",
+                   help="the task's teacher instead, one run per budget with the recipe's seed, trained through the "
+                   "teacher cache: each run is the teacher gain.py uses with that many teacher epochs")
     p.add_argument("--epochs", help="comma-separated epoch budgets, e.g. 30,60,120")
     p.add_argument("--merge", nargs="+", metavar="JSON", help="pool these results (seed slices) instead of training")
     p.add_argument("--seeds", type=int, default=2)
@@ -160,9 +180,11 @@ def main(argv: list[str] | None = None) -> dict:
         task = select_task("quick" if a.quick else a.task, a.data, imgsz=a.imgsz)
     except ValueError as e:
         p.error(str(e))
+    if a.teacher:
+        a.model, a.first_seed, a.seeds = DEMO_TEACHER, task.recipe["seed"], 1
     out = Path(a.out or f"benchmarks/results/convergence_{task.name}_{Path(a.model).stem}")
     n_train, n_val = task.split_sizes()
-    meta = {"task": task.name, "model": a.model, "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],
+    meta = {"task": task.name, "model": a.model, "teacher_cache": a.teacher, "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],
             "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "seed_list": [],
             "machine": machine(), "code_version": code_version(), "commit": git_commit(),
             "ultralytics": ultralytics.__version__, "torch": torch.__version__,
@@ -171,7 +193,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as project:
         for seed in range(a.first_seed, a.first_seed + a.seeds):  # outputs after every seed
             for e in epochs:
-                row = train_once(Method("baseline"), task, None, seed, project, a.device, epochs=e, model=a.model)
+                row = (teacher_run(task, e, a.device) if a.teacher else
+                       train_once(Method("baseline"), task, None, seed, project, a.device, epochs=e, model=a.model))
                 runs[e].append(row)
                 print(f"[convergence] {a.model} {e} epochs, seed {seed}: {row['map50_95']:.4f} in {row['seconds']}s",
                       flush=True)

@@ -6,12 +6,14 @@ import hashlib
 import json
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import ultralytics
 from ultralytics import YOLO as _PlainYOLO
 
 from distill._offline import CACHE_DIR
+from distill.compare import map_curve
 from distill.synthetic import SyntheticSpec, synthetic_dataset
 
 DEMO_SPEC = SyntheticSpec(n_train=256, n_val=64, imgsz=160, seed=0)
@@ -35,12 +37,22 @@ def cached_teacher(cfg: str, data: str | Path, epochs: int, **train_args) -> Pat
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         model = _PlainYOLO(cfg)
+        t0 = time.time()
         model.train(data=str(data), epochs=epochs, project=tmp, name="teacher", plots=False, exist_ok=True, **train_args)
-        best = Path(tmp) / "teacher" / "weights" / "best.pt"
+        run = Path(tmp) / "teacher"
+        # How it was trained, beside it: wall seconds and the mAP50-95 curve (what a plateau is judged from).
+        history = {"seconds": round(time.time() - t0, 1), "curve": [round(v, 5) for v in map_curve(run)]}
+        target.with_suffix(".json").write_text(json.dumps(history))
         staged = target.with_suffix(".tmp")
-        shutil.copyfile(best, staged)
+        shutil.copyfile(run / "weights" / "best.pt", staged)
         staged.replace(target)  # atomic: a cache entry is complete or absent
     return target
+
+
+def teacher_history(path: str | Path) -> dict:
+    """Wall seconds and mAP50-95 curve of a cached teacher's training ({} for teachers cached without them)."""
+    sidecar = Path(path).with_suffix(".json")
+    return json.loads(sidecar.read_text()) if sidecar.exists() else {}
 
 
 def demo_data() -> Path:

@@ -128,6 +128,27 @@ def test_convergence_quick_in_seed_slices_pooled(tmp_path):
     assert "seed 0" in done.stderr and not (tmp_path / "x.json").exists()
 
 
+def test_convergence_of_the_teacher_fills_the_teacher_cache(tmp_path):
+    """--teacher trains the task's teacher once per budget through the cache gain.py reads: a later run of either
+    trains nothing, and each cached teacher keeps its curve and wall time."""
+    env = {"DISTILL_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "teacher"
+    _run("convergence.py", "--quick", "--teacher", "--epochs", "1,2", "--out", str(out), env=env)
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["meta"]["model"] == "yolov8s.yaml" and result["meta"]["teacher_cache"]
+    rows = {e: rows[0] for e, rows in result["runs"].items()}
+    cached = sorted((tmp_path / "cache" / "teachers").glob("*.pt"))
+    assert sorted(r["weights"] for r in rows.values()) == [str(p) for p in cached] and len(cached) == 2
+    for e, row in rows.items():
+        assert len(row["curve"]) == int(e) and row["seconds"] > 0
+    code = ("import sys; sys.path.insert(0, 'benchmarks'); from dataclasses import replace; from recipes import QUICK; "
+            "print('PATH', replace(QUICK, teacher_epochs=2).teacher())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split("PATH ")[1].strip() == rows["2"]["weights"] and "Epoch" not in done.stdout + done.stderr
+
+
 def test_gain_quick(tmp_path):
     out = tmp_path / "gain"
     _run("gain.py", "--quick", "--seeds", "2", "--methods", METHODS, "--note", "smoke", "--out", str(out))
