@@ -55,7 +55,7 @@ def budget_steps(epochs: list[int], runs: dict[int, list[dict]]) -> list[dict]:
     return out
 
 
-SAME_RUN = ("task", "model", "n_train", "n_val", "imgsz", "recipe", "code_version", "ultralytics", "torch")
+SAME_RUN = ("task", "model", "teacher_cache", "n_train", "n_val", "imgsz", "recipe", "code_version", "ultralytics", "torch")
 
 
 def pool(results: list[dict], sources: list[str]) -> dict:

@@ -83,6 +83,7 @@ class DistillSettings:
     balance_steps: int = 20
     balance_scales: dict[str, float] | None = None
     unused: list[str] = field(default_factory=list)  # `<loss>_<param>` changed from default, loss not in use
+    ignored: list[str] = field(default_factory=list)  # sentences: settings that the other settings override
 
     @classmethod
     def from_args(cls, args: Any) -> "DistillSettings":
@@ -114,8 +115,15 @@ class DistillSettings:
         if steps < 1 or steps != int(steps):
             raise ValueError(f"distill_balance_steps must be a whole number >= 1, got {get('distill_balance_steps')!r}.")
         scales = parse_scales(get("distill_balance_scales"), losses) if balance else None
+        ignored = []
+        if not balance and get("distill_balance_scales") not in (None, ""):
+            ignored.append("distill_balance_scales is set but distill_balance is 0, so the losses' own weights apply")
+        changed = [f"{n}_weight" for n in losses if params[n]["weight"] != get_loss_class(n).params["weight"][0]]
+        if balance and changed:
+            ignored.append(f"{', '.join(changed)} set, but distill_balance > 0 replaces the losses' weights by "
+                           "calibrated scales")
         return cls(get("Distillation"), losses, params, weight, schedule, final, s_layers, t_layers,
-                   balance, int(steps), scales, unused)
+                   balance, int(steps), scales, unused, ignored)
 
     def factor(self, epoch: int, epochs: int) -> float:
         """Schedule multiplier for 0-based `epoch` of `epochs`: 1 at the start, `final` at the last epoch."""

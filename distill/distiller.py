@@ -54,7 +54,8 @@ class Distiller:
         self._teacher_out: tuple[list[torch.Tensor], dict | None] | None = None
         self._student: nn.Module | None = None
         self.factor = 1.0
-        self.balancer = (Balancer(settings.balance, settings.balance_steps, list(self.losses), settings.balance_scales)
+        self.balancer = (Balancer(settings.balance, settings.balance_steps, list(self.losses), settings.balance_scales,
+                                  fallback={n: loss.weight for n, loss in self.losses.items()})
                          if settings.balance > 0 else None)
 
     # ---- set-up -------------------------------------------------------------------------------------------------
@@ -159,7 +160,8 @@ class Distiller:
                 modules = getattr(self._student, MODULES_ATTR)
                 t32 = [t.float() for t in t_feats]
                 aligned = [align(c, s.float(), t.shape[-2:]) for c, s, t in zip(modules["connectors"], s_feats, t32)]
-                own = [align(nn.Identity(), s.float(), t.shape[-2:]) for s, t in zip(s_feats, t32)]
+                own = ([align(nn.Identity(), s.float(), t.shape[-2:]) for s, t in zip(s_feats, t32)]
+                       if any(not loss.aligns_channels for loss in self.losses.values() if loss.kind == "feature") else None)
             for name, loss in self.losses.items():
                 if loss.kind == "feature":
                     value = loss(aligned if loss.aligns_channels else own, t32, modules[name] if name in modules else None)

@@ -61,12 +61,17 @@ class DistillationTrainer(DetectionTrainer):
         """Ultralytics' set-up, with the teacher first moved to this rank's device (final by now)."""
         self.distiller.to(self.device)
         out = super()._setup_train()
-        balancer = self.distiller.balancer
-        batches = len(self.train_loader) * (self.epochs - self.start_epoch)
-        if balancer is not None and not balancer.calibrated and balancer.steps >= batches:
-            self._discard_run()
-            raise ValueError(f"distill_balance_steps={balancer.steps} calibration batches leave none of the "
-                             f"{batches} training batches to distil. Lower distill_balance_steps or train longer.")
+        balancer, nb = self.distiller.balancer, len(self.train_loader)
+        if balancer is not None and not balancer.calibrated:
+            if balancer.steps > nb:  # end within epoch 1, so that every checkpoint holds the scales
+                LOGGER.warning(f"Distillation: distill_balance_steps={balancer.steps} is more than one epoch's {nb} "
+                               f"batches; calibrating over {nb}.")
+                balancer.steps = nb
+            if balancer.steps >= nb * (self.epochs - self.start_epoch):
+                self._discard_run()
+                raise ValueError(f"distill_balance calibrates over {balancer.steps} batches, which leaves none of this "
+                                 f"{self.epochs}-epoch run's {nb * self.epochs} batches to distil. Train 2+ epochs or "
+                                 "lower distill_balance_steps.")
         return out
 
     def get_model(self, cfg=None, weights: nn.Module | None = None, verbose: bool = True):
@@ -90,7 +95,7 @@ class DistillationTrainer(DetectionTrainer):
         run, weights = self.save_dir, self.save_dir / "weights"
         if not run.is_dir() or self.resume:
             return
-        if {p.name for p in run.iterdir()} <= {"args.yaml", "weights", "teacher.pt"} and not (
+        if {p.name for p in run.iterdir()} <= {"args.yaml", "weights", "teacher.pt", "labels.jpg"} and not (
             weights.is_dir() and any(weights.iterdir())
         ):
             shutil.rmtree(run, ignore_errors=True)
@@ -113,6 +118,8 @@ class DistillationTrainer(DetectionTrainer):
         if balancer is not None and balancer.calibrated and self.args.distill_balance_scales != balancer.scales:
             self.args.distill_balance_scales = dict(balancer.scales)
             self.distiller.settings.balance_scales = dict(balancer.scales)
+            if RANK in {-1, 0}:  # args.yaml too, so that cfg=args.yaml reuses them
+                YAML.save(self.save_dir / "args.yaml", vars(self.args))
 
     def final_eval(self):
         """Strip distillation-only layers from the final checkpoints (keeping the trained connectors in
@@ -151,6 +158,8 @@ def preflight(cfg: Any, overrides: dict, teacher: nn.Module | None) -> nn.Module
     if settings.unused:
         LOGGER.warning(f"Distillation: {', '.join(settings.unused)} set, but loss_type is "
                        f"'{'+'.join(settings.losses)}', so they have no effect.")
+    for sentence in settings.ignored:
+        LOGGER.warning(f"Distillation: {sentence}.")
     if settings.teacher is None:
         raise ValueError("no teacher given: pass Distillation=<teacher .pt | .yaml | YOLO | nn.Module> (CLI: --teacher).")
     data = check_det_dataset(args.data) if args.data else None  # what the trainer loads next anyway

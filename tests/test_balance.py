@@ -12,7 +12,7 @@ import torch
 import torch.multiprocessing as mp
 
 from conftest import ROOT, TRAIN
-from distill import YOLO
+from distill import YOLO, DistillationTrainer
 from distill.balance import Balancer
 from distill.config import DistillSettings
 from distill.distiller import DistillationCriterion
@@ -46,6 +46,7 @@ def _spy(monkeypatch) -> dict[str, list]:
         loss, items = real_call(self, preds, batch)
         if step:
             seen["terms"].append({n: float(items[f"{n}_loss"]) for n in self.distiller.losses})
+            seen.setdefault("detection", []).append(sum(float(items[k]) for k in ("box_loss", "cls_loss", "dfl_loss")))
         return loss, items
 
     monkeypatch.setattr(Balancer, "observe", observe)
@@ -64,12 +65,15 @@ def test_terms_carry_no_weight_while_calibrating_then_the_share_of_the_detection
     trainer = model.trainer
     scales = trainer.distiller.balancer.scales
     assert len(seen["observed"]) == 2 and len(seen["terms"]) == 4  # 2 batches per epoch, 2 epochs
+    raw = [dict(seen["raw"][2 * k:2 * k + 2]) for k in range(4)]  # the losses' own values, step by step
+    for step, (detection, observed) in enumerate(seen["observed"]):  # fed the per-image detection loss and raw terms
+        assert detection == pytest.approx(seen["detection"][step], rel=1e-5)
+        assert observed == pytest.approx([raw[step]["cwd"], raw[step]["kl"]], rel=1e-6)
     det = sum(d for d, _ in seen["observed"]) / 2
     for i, name in enumerate(["cwd", "kl"]):
         mean = sum(raw[i] for _, raw in seen["observed"]) / 2
         assert scales[name] == pytest.approx(0.5 * det / mean, rel=1e-12)
     assert all(t == {"cwd": 0.0, "kl": 0.0} for t in seen["terms"][:2])  # calibration batches: detection only
-    raw = [dict(seen["raw"][2 * k:2 * k + 2]) for k in range(4)]  # the losses' own values, step by step
     for step in (2, 3):  # after calibration: scale x raw term (distill_weight 1, constant schedule)
         for name in ("cwd", "kl"):
             assert seen["terms"][step][name] == pytest.approx(scales[name] * raw[step][name], rel=1e-5)
@@ -83,7 +87,7 @@ def test_terms_carry_no_weight_while_calibrating_then_the_share_of_the_detection
 KILLED_RUN = r"""
 import os, sys
 sys.path.insert(0, {root!r})
-from distill import YOLO
+from distill import YOLO, DistillationTrainer
 model = YOLO("yolov8n.yaml")
 model.add_callback("on_fit_epoch_end", lambda tr: os._exit(3) if tr.epoch == 0 else None)  # die after epoch 1
 model.train(data={data!r}, Distillation={teacher!r}, loss_type="cwd+mgd", project={project!r}, name="run",
@@ -101,16 +105,44 @@ def test_resume_keeps_the_calibrated_scales_bitwise(data_yaml, teacher_pt, proje
     seen = _spy(monkeypatch)
     model = YOLO(str(last))
     model.train(resume=True)
-    assert seen["observed"] == []  # not recalibrated
+    assert seen["observed"] == [] and len(seen["terms"]) == 4  # two resumed epochs of 2 batches, no recalibration
     assert model.trainer.distiller.balancer.scales == saved  # the same floats, bitwise
     assert all(t["cwd"] > 0 and t["mgd"] > 0 for t in seen["terms"])  # weighted from the first resumed step
 
 
-def test_calibration_longer_than_training_is_refused_before_it_starts(data_yaml, teacher_pt, project):
-    with pytest.raises(ValueError, match="distill_balance_steps=50 calibration batches leave none of the 2"):
+def test_calibration_is_capped_at_one_epoch_and_needs_batches_left_to_distil(data_yaml, teacher_pt, project):
+    """More calibration batches than an epoch has are capped at the epoch (so epoch 1's checkpoint holds the scales);
+    a 1-epoch run would then have nothing left to distil: refused before the first step, no run folder left."""
+    with pytest.raises(ValueError, match="calibrates over 2 batches, which leaves none of this 1-epoch run's 2"):
         YOLO("yolov8n.yaml").train(data=data_yaml, Distillation=teacher_pt, loss_type="cwd", distill_balance=0.5,
-                                   distill_balance_steps=50, project=project, name="long", **TRAIN)
+                                   distill_balance_steps=50, project=project, name="long", **{**TRAIN, "plots": True})
     assert not (Path(project) / "long").exists()
+
+
+def test_given_scales_weigh_the_first_step_without_calibrating(data_yaml, teacher_pt, project, monkeypatch):
+    """Another run's scales (distill_balance_scales) apply from the first training step."""
+    seen = _spy(monkeypatch)
+    trainer = DistillationTrainer(overrides=dict(
+        model="yolov8n.yaml", data=data_yaml, Distillation=teacher_pt, loss_type="cwd+kl", distill_balance=0.5,
+        distill_balance_scales={"kl": 2.0, "cwd": 0.25}, project=project, name="given", **TRAIN))
+    trainer._setup_train()
+    trainer.model.train()
+    trainer.model(trainer.preprocess_batch(next(iter(trainer.train_loader))))
+    raw = dict(seen["raw"])
+    assert seen["observed"] == [] and trainer.distiller.balancer.scales == {"kl": 2.0, "cwd": 0.25}
+    assert seen["terms"][0]["cwd"] == pytest.approx(0.25 * raw["cwd"], rel=1e-6)
+    assert seen["terms"][0]["kl"] == pytest.approx(2.0 * raw["kl"], rel=1e-6) and raw["kl"] > 0
+
+
+def test_non_finite_batches_are_left_out_and_no_detection_loss_keeps_the_weights():
+    b = Balancer(1.0, 3, ["a", "b"])
+    for det, raw in ((2.0, [1.0, float("nan")]), (float("inf"), [3.0, 4.0]), (4.0, [float("inf"), 8.0])):
+        b.observe(torch.tensor(det), torch.tensor(raw))
+    # detection (2 + 4) / 2 = 3; a: 1 + 3 over 2 batches; b: 4 + 8 over 2
+    assert b.scales == pytest.approx({"a": 3.0 / 2.0, "b": 3.0 / 6.0}, rel=1e-12)
+    b = Balancer(1.0, 1, ["a"], fallback={"a": 0.5})
+    b.observe(torch.tensor(0.0), torch.tensor([1.0]))
+    assert b.scales == {"a": 0.5}
 
 
 @pytest.mark.parametrize("args,match", [
@@ -124,13 +156,12 @@ def test_bad_balance_settings_are_named(args, match):
         DistillSettings.from_args({"loss_type": "kl", **args})
 
 
-def test_given_scales_are_used_without_calibrating():
-    s = DistillSettings.from_args({"loss_type": "cwd+kl", "distill_balance": 0.5,
-                                   "distill_balance_scales": {"kl": 2.0, "cwd": 0.25}})
-    balancer = Balancer(s.balance, s.balance_steps, s.losses, s.balance_scales)
-    assert balancer.calibrated and balancer.scale("cwd") == 0.25 and balancer.scale("kl") == 2.0
-    balancer.observe(torch.tensor(9.0), torch.tensor([1.0, 1.0]))
-    assert balancer.scales == {"kl": 2.0, "cwd": 0.25}
+def test_settings_that_other_settings_override_are_reported():
+    assert DistillSettings.from_args({"loss_type": "kl", "distill_balance_scales": {"kl": 1.0}}).ignored == [
+        "distill_balance_scales is set but distill_balance is 0, so the losses' own weights apply"]
+    ignored = DistillSettings.from_args({"loss_type": "cwd+kl", "distill_balance": 0.5, "kl_weight": 2.0}).ignored
+    assert len(ignored) == 1 and ignored[0].startswith("kl_weight set, but distill_balance > 0")
+    assert DistillSettings.from_args({"loss_type": "cwd+kl", "distill_balance": 0.5}).ignored == []
 
 
 def _rank(rank: int, port: int, out) -> None:

@@ -198,7 +198,7 @@ def test_kl_matches_reference(T, Tb):
         ("kl", {"temperature": -2.0}, "kl_temperature must be > 0"),
         ("mgd", {"mask_ratio": 1.0}, r"mgd_mask_ratio must be in \[0, 1\)"),
         ("mgd", {"alpha": -1e-5}, "mgd_alpha must be >= 0"),
-        ("at", {"p": 0.0}, "at_p must be > 0"),
+        ("at", {"p": 0.5}, "at_p must be >= 1"),
         ("at_channel", {"beta": -1.0}, "at_channel_beta must be >= 0"),
     ],
 )

@@ -81,6 +81,26 @@ def test_optimizer_steps_lower_the_distillation_term(loss, student, teacher, dat
     _assert_teacher_untouched(trainer, teacher_before)
 
 
+def test_spatial_attention_sees_the_students_own_channels_beside_a_connector_loss(data_yaml, teacher_pt, project,
+                                                                                   monkeypatch):
+    """With at+cwd the connectors exist (cwd compares channels), yet `at` gets the student's own maps."""
+    from distill.losses.at import SpatialAttentionLoss
+    from distill.losses.cwd import CWDLoss
+
+    channels = {"at": [], "cwd": []}
+    for cls, name in ((SpatialAttentionLoss, "at"), (CWDLoss, "cwd")):
+        real = cls.level
+        monkeypatch.setattr(cls, "level", lambda self, s, t, m, _r=real, _n=name: channels[_n].append(
+            (s.shape[1], t.shape[1])) or _r(self, s, t, m))
+    trainer = DistillationTrainer(overrides=dict(model="yolov8n.yaml", data=data_yaml, Distillation=teacher_pt,
+                                                 loss_type="at+cwd", project=project, name="atcwd", **TRAIN))
+    trainer._setup_train()
+    trainer.model.train()
+    trainer.model(trainer.preprocess_batch(next(iter(trainer.train_loader))))
+    assert channels["at"] == [(64, 128), (128, 256), (256, 512)]  # student's own widths against the teacher's
+    assert channels["cwd"] == [(128, 128), (256, 256), (512, 512)]  # through the connectors
+
+
 def _record_items(monkeypatch) -> list[dict[str, float]]:
     """The distillation terms of every training step, as they entered the loss vector (the criterion's last
     n entries divided by the batch size), checked against the items it reports for logging."""

@@ -10,14 +10,14 @@ from distill.losses.base import FeatureLoss
 
 PARAMS = {
     "weight": (1.0, "loss weight"),
-    "p": (2.0, "exponent of |F| in the attention map (paper: 2)"),
+    "p": (2.0, "exponent of |F| in the attention map, >= 1 (paper: 2)"),
     "beta": (1000.0, "the paper's beta: each level's term is beta / 2 times the mean squared difference"),
 }
 
 
 def check_attention(name: str, values: dict[str, float]) -> None:
-    if values["p"] <= 0:
-        raise ValueError(f"{name}_p must be > 0, got {values['p']}.")
+    if values["p"] < 1:  # below 1 the gradient of |x|^p is infinite at x = 0 (exact zeros are common under AMP)
+        raise ValueError(f"{name}_p must be >= 1, got {values['p']}.")
     if values["beta"] < 0:
         raise ValueError(f"{name}_beta must be >= 0, got {values['beta']}.")
 
