@@ -113,7 +113,8 @@ def test_cli_help_lists_every_distillation_option():
     done = subprocess.run([sys.executable, str(ROOT / "train_distill.py"), "--help"], capture_output=True, text=True)
     assert done.returncode == 0
     for flag in ("--teacher", "--student", "--loss", "--distill-weight", "--distill-schedule", "--distill-layers",
-                 "--cwd-tau", "--mgd-alpha", "--mgd-mask-ratio", "--kl-temperature", "--mimic-weight"):
+                 "--cwd-tau", "--mgd-alpha", "--mgd-mask-ratio", "--kl-temperature", "--mimic-weight",
+                 "--distill-balance", "--distill-balance-steps", "--pkd-weight", "--at-p", "--at-channel-beta"):
         assert flag in done.stdout
 
 
@@ -171,6 +172,25 @@ def test_typed_flags_beat_the_preset(data_yaml, teacher_pt, project):
     assert list(distiller.losses) == ["kl"]
     assert (distiller.losses["kl"].weight, distiller.losses["kl"].temperature, distiller.settings.weight) == (0.5, 2.0, 0.5)
     assert _loss_columns(Path(model.trainer.save_dir)) == {"kl"}
+
+
+def test_cli_new_losses_with_self_balancing(data_yaml, teacher_pt, project):
+    """`--loss pkd+at_channel --distill-balance 0.5 --at-channel-p 3`: the flags reach training, the scales are
+    calibrated in epoch 1 and recorded in the final checkpoint and args.yaml."""
+    from distill.cli import main
+
+    code = main(["--teacher", teacher_pt, "--data", data_yaml, "--loss", "pkd+at_channel", "--distill-balance", "0.5",
+                 "--at-channel-p", "3", "--epochs", "2", "--imgsz", "64", "--batch", "8", "--project", project,
+                 "--name", "bal", "workers=0", "plots=False"])
+    assert code == 0
+    run = Path(project) / "bal"
+    record = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=False)["distill"]
+    assert record["losses"] == ["pkd", "at_channel"] and record["params"]["at_channel"]["p"] == 3.0
+    assert record["balance"] == 0.5 and set(record["balance_scales"]) == {"pkd", "at_channel"}
+    assert all(v > 0 for v in record["balance_scales"].values())
+    assert yaml.safe_load((run / "args.yaml").read_text())["distill_balance_scales"] == record["balance_scales"]
+    columns = results_columns(run)
+    assert _loss_columns(run) == {"pkd", "at_channel"} and columns["train/pkd_loss"][1] > 0
 
 
 def test_subprocesses_are_network_guarded(tmp_path):
