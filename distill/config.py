@@ -34,6 +34,8 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
                               "weight meanwhile)"),
     "distill_balance_scales": (None, "the calibrated scales, {loss: scale}; written by training (resume keeps them), "
                                "or given to reuse another run's"),
+    "distill_teacher_fingerprint": (None, "written by training: a hash of the teacher's weights, checked on resume "
+                                    "and in DDP workers"),
     "distill_layers": (None, "student layer indices to distil, e.g. '15,18,21'; negative ones count back from the "
                        "head (-1: the layer feeding it). Default: the Detect head inputs"),
     "distill_teacher_layers": (None, "teacher layer indices paired with distill_layers. Default: the teacher's "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from copy import deepcopy
 from pathlib import Path
@@ -51,6 +52,16 @@ def class_names(model: nn.Module) -> list[str] | None:
         return None
     names = [str(n) for n in names]
     return None if names == [str(i) for i in range(len(names))] else names  # Ultralytics' placeholder names
+
+
+def fingerprint(teacher: nn.Module) -> str:
+    """sha1 (first 16 hex digits) of the teacher's weights and buffers as fp32 CPU bytes, in state_dict order:
+    the same weights give the same print whatever file or dtype they came in."""
+    digest = hashlib.sha1()
+    for key, value in teacher.state_dict().items():
+        digest.update(key.encode())
+        digest.update(value.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def teacher_save_path(save_dir: Path, ddp_launch: bool) -> Path:

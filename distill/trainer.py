@@ -18,8 +18,8 @@ from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_m
 from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings
 from distill.distiller import MODULES_ATTR, Distiller
 from distill.losses import feature_losses, get_loss_class
-from distill.teacher import (atomic_save, class_names, freeze, load_teacher, needs_teacher_file, save_teacher,
-                             teacher_save_path)
+from distill.teacher import (atomic_save, class_names, fingerprint, freeze, load_teacher, needs_teacher_file,
+                             save_teacher, teacher_save_path)
 
 
 class DistillationTrainer(DetectionTrainer):
@@ -42,11 +42,14 @@ class DistillationTrainer(DetectionTrainer):
             settings = DistillSettings.from_args(self.args)
             if teacher is None:  # resume: rebuilt from the path recorded in the checkpoint's args
                 teacher = load_teacher(settings.teacher, nc=self.data["nc"])
+            # A resumed run and a DDP worker must find the teacher the run started with.
+            check_fingerprint(teacher, self.args, verify=bool(self.resume) or RANK != -1)
             if needs_teacher_file(self.args.Distillation) and RANK in {-1, 0}:
                 # DDP workers and resume rebuild the trainer from args alone: give the teacher a file, so that
                 # every rank and every resume gets these weights (a .yaml would be re-randomised each time).
                 path = save_teacher(teacher, teacher_save_path(self.save_dir, self.ddp))
                 self.args.Distillation = settings.teacher = str(path)
+            if RANK in {-1, 0}:
                 YAML.save(self.save_dir / "args.yaml", vars(self.args))
         except Exception:
             self._discard_run()
@@ -107,6 +110,16 @@ class DistillationTrainer(DetectionTrainer):
         self.distiller.before_forward(unwrap_model(self.model), batch["img"], epoch, self.epochs)
         return batch
 
+    def label_loss_items(self, loss_items=None, prefix="train"):
+        """Column names or values of loss items. Validation runs the plain student without its teacher, so the
+        distillation terms get train/ columns only (no always-zero val/ columns in results.csv and results.png)."""
+        if prefix == "val":
+            own = {f"{name}_loss" for name in self.distiller.losses}
+            if loss_items is None:
+                return [f"val/{x}" for x in self.loss_names if x not in own]
+            loss_items = {k: v for k, v in loss_items.items() if k not in own}
+        return super().label_loss_items(loss_items, prefix)
+
     def save_model(self):
         self.distiller.release()  # hooks must never be copied into a checkpoint
         self.record_balance()
@@ -139,6 +152,7 @@ class DistillationTrainer(DetectionTrainer):
         s = self.distiller.settings
         return {
             "teacher": str(s.teacher),
+            "teacher_fingerprint": self.args.distill_teacher_fingerprint,
             "losses": list(s.losses),
             "params": copy(s.loss_params),
             "weight": s.weight,
@@ -149,6 +163,18 @@ class DistillationTrainer(DetectionTrainer):
             "student_layers": list(self.distiller.student_layers),
             "teacher_layers": list(self.distiller.teacher_layers),
         }
+
+
+def check_fingerprint(teacher: nn.Module, args: Any, verify: bool) -> None:
+    """Record the teacher's fingerprint in `args` (saved with every checkpoint); with `verify` (resume, DDP workers),
+    first refuse a teacher whose weights differ from the recorded ones."""
+    print_ = fingerprint(teacher)
+    recorded = getattr(args, "distill_teacher_fingerprint", None)
+    if verify and recorded and recorded != print_:
+        raise ValueError(f"the teacher at {args.Distillation} is not the one this run started with (weights "
+                         f"fingerprint {print_}, recorded {recorded}): it was changed or replaced. Restore that "
+                         "file, or start a new run instead of resuming.")
+    args.distill_teacher_fingerprint = print_
 
 
 def preflight(cfg: Any, overrides: dict, teacher: nn.Module | None) -> nn.Module:
@@ -167,6 +193,9 @@ def preflight(cfg: Any, overrides: dict, teacher: nn.Module | None) -> nn.Module
         teacher = load_teacher(settings.teacher, nc=data["nc"] if data else None)
     if data is not None:
         check_classes(teacher, [str(data["names"][i]) for i in sorted(data["names"])], settings)
+    if Path(str(settings.teacher)).suffix in {".yaml", ".yml"}:
+        LOGGER.warning(f"Distillation: the teacher is built from {settings.teacher}, so its weights are random: it "
+                       "teaches nothing (only useful to test a set-up). Pass a trained .pt checkpoint.")
     return teacher
 
 

@@ -95,6 +95,7 @@ def test_cli_yaml_teacher_negative_layers_and_passthrough_prefixes(data_yaml, pr
     record = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=False)["distill"]
     assert (record["student_layers"], record["teacher_layers"]) == ([20, 21], [20, 21])
     assert f"({run / 'teacher.pt'}, validated" in done.stdout
+    assert "the teacher is built from yolov8s.yaml, so its weights are random" in done.stdout + done.stderr
 
 
 def test_cli_errors_are_one_line(data_yaml, project):

@@ -17,6 +17,7 @@ from conftest import ROOT, TRAIN
 from distill import YOLO, DistillationTrainer
 from distill.compare import results_columns
 from distill.distiller import MODULES_ATTR
+from distill.teacher import fingerprint
 
 KILLED_RUN = r"""
 import os, sys
@@ -65,6 +66,28 @@ def test_resume_in_python_restores_connectors_exactly(data_yaml, teacher_pt, pro
     assert all(v > 0 for v in _column(run, "train/cwd_loss")) and all(v > 0 for v in _column(run, "train/mgd_loss"))
 
 
+def test_resume_refuses_a_changed_teacher(data_yaml, teacher_pt, project, tmp_path):
+    """The checkpoint records a fingerprint of the teacher's weights; resume rebuilds the teacher from its path and
+    refuses it when the file there now holds other weights, before any training step."""
+    import shutil
+
+    from distill.teacher import load_teacher
+
+    teacher = tmp_path / "teacher.pt"
+    shutil.copyfile(teacher_pt, teacher)
+    last = _killed_run(data_yaml, str(teacher), project)
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["train_args"]["distill_teacher_fingerprint"] == fingerprint(load_teacher(str(teacher)))
+    changed = torch.load(teacher, map_location="cpu", weights_only=False)
+    with torch.no_grad():
+        next(changed["model"].parameters()).add_(0.01)  # e.g. the teacher retrained in place
+    torch.save(changed, teacher)
+    before = last.read_bytes()
+    with pytest.raises(ValueError, match="is not the one this run started with"):
+        YOLO(str(last)).train(resume=True)
+    assert last.read_bytes() == before  # nothing trained, nothing rewritten
+
+
 def test_resume_from_the_cli(data_yaml, teacher_pt, project):
     last = _killed_run(data_yaml, teacher_pt, project)
     done = subprocess.run([sys.executable, str(ROOT / "train_distill.py"), "--resume", str(last)],
@@ -84,6 +107,7 @@ WORKER_REPORT = r"""
     model = trainer.model
     print("WORKER", json.dumps({"rank": RANK, "teacher": digest, "teacher_path": str(trainer.args.Distillation),
       "student_layers": d.student_layers, "teacher_layers": d.teacher_layers,
+      "fingerprint": trainer.args.distill_teacher_fingerprint,
       "losses": {n: vars(l) for n, l in d.losses.items()}, "modules": sorted(getattr(model, MODULES_ATTR).state_dict())}))
 """
 
@@ -126,6 +150,7 @@ def test_ddp_worker_rebuilds_the_same_distillation(kind, data_yaml, teacher_pt, 
         assert worker["teacher"] == _digest(d.teacher)
         assert worker["teacher_path"] == str(trainer.save_dir / "teacher.pt")
         assert worker["student_layers"] == d.student_layers and worker["teacher_layers"] == d.teacher_layers
+        assert worker["fingerprint"] == trainer.args.distill_teacher_fingerprint == fingerprint(d.teacher)
         assert worker["losses"] == {n: vars(l) for n, l in d.losses.items()} and worker["losses"]["cwd"]["tau"] == 2.0
         assert worker["modules"] == sorted(getattr(trainer.model, MODULES_ATTR).state_dict())
     assert yaml.safe_load((trainer.save_dir / "args.yaml").read_text())["Distillation"] == str(trainer.save_dir / "teacher.pt")
