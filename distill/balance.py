@@ -7,8 +7,12 @@ Calibration measures the magnitudes on the user's own first batches instead.
 
 During the first `steps` batches the terms are computed but carry no weight (the student trains on the
 detection loss alone) and their means are recorded with the detection loss's. Then, per term,
-    scale = share * mean(detection loss per image) / mean(term per image)
-and from there on the term enters the loss as scale * term (times distill_weight and the schedule).
+    scale = share * mean(detection loss per image) / mean(term per image)            (distill_balance_by=value)
+    scale = share * mean(|d detection / d F|) / mean(|d term / d F|)                  (distill_balance_by=gradient)
+F being the distilled student maps (the gradient's L2 norm over all of them), and from there on the term
+enters the loss as scale * term (times distill_weight and the schedule). Value share is simple and cheap;
+gradient share matches what each term actually pushes into the layers it distils (one extra backward through
+the head per term and calibration batch).
 Under DDP the sums are all-reduced first, so every rank holds the same scales. Non-finite values (an AMP
 overflow) are left out of the means, per term, rather than spoiling them. Calibration ends within the first
 epoch (the trainer caps `steps` at its batches), so every checkpoint of a balanced run holds its scales.
@@ -42,7 +46,8 @@ class Balancer:
         return 0.0 if self.scales is None else self.scales[name]
 
     def observe(self, detection: torch.Tensor, raw: torch.Tensor) -> None:
-        """Record one batch: detection loss per image (scalar) and the raw terms per image (n_terms,)."""
+        """Record one batch: the detection loss's quantity (scalar) and the raw terms' (n_terms,): values per image,
+        or gradient norms."""
         if self.scales is not None:
             return
         values = torch.cat([detection.detach().reshape(1), raw.detach().reshape(-1)]).double()

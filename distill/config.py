@@ -18,6 +18,7 @@ from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
 IN_MEMORY_TEACHER = "<in-memory teacher>"
 
 SCHEDULES = ("constant", "linear", "cosine")
+BALANCE_BY = ("value", "gradient")
 
 # key: (default, help)
 CORE_KEYS: dict[str, tuple[Any, str]] = {
@@ -30,6 +31,8 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
     "distill_final": (0.1, "weight ratio reached at the last epoch by 'linear' and 'cosine'"),
     "distill_balance": (0.0, "0: each loss's own weight. > 0: calibrate each term's scale over the first "
                         "distill_balance_steps batches so that it equals this share of the detection loss, then hold it"),
+    "distill_balance_by": ("value", "what distill_balance matches: 'value' (the terms' values per image) or "
+                           "'gradient' (their gradient norms at the distilled student layers)"),
     "distill_balance_steps": (20, "batches the calibration of distill_balance averages over (the terms carry no "
                               "weight meanwhile)"),
     "distill_balance_scales": (None, "the calibrated scales, {loss: scale}; written by training (resume keeps them), "
@@ -84,6 +87,7 @@ class DistillSettings:
     balance: float = 0.0
     balance_steps: int = 20
     balance_scales: dict[str, float] | None = None
+    balance_by: str = "value"
     unused: list[str] = field(default_factory=list)  # `<loss>_<param>` changed from default, loss not in use
     ignored: list[str] = field(default_factory=list)  # sentences: settings that the other settings override
 
@@ -117,6 +121,9 @@ class DistillSettings:
         if steps < 1 or steps != int(steps):
             raise ValueError(f"distill_balance_steps must be a whole number >= 1, got {get('distill_balance_steps')!r}.")
         scales = parse_scales(get("distill_balance_scales"), losses) if balance else None
+        balance_by = str(get("distill_balance_by") or "value").lower()
+        if balance_by not in BALANCE_BY:
+            raise ValueError(f"distill_balance_by must be one of {', '.join(BALANCE_BY)}, got {balance_by!r}.")
         ignored = []
         if not balance and get("distill_balance_scales") not in (None, ""):
             ignored.append("distill_balance_scales is set but distill_balance is 0, so the losses' own weights apply")
@@ -125,7 +132,7 @@ class DistillSettings:
             ignored.append(f"{', '.join(changed)} set, but distill_balance > 0 replaces the losses' weights by "
                            "calibrated scales")
         return cls(get("Distillation"), losses, params, weight, schedule, final, s_layers, t_layers,
-                   balance, int(steps), scales, unused, ignored)
+                   balance, int(steps), scales, balance_by, unused, ignored)
 
     def factor(self, epoch: int, epochs: int) -> float:
         """Schedule multiplier for 0-based `epoch` of `epochs`: 1 at the start, `final` at the last epoch."""

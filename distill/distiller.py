@@ -167,7 +167,7 @@ class Distiller:
                     value = loss(aligned if loss.aligns_channels else own, t32, modules[name] if name in modules else None)
                 else:
                     value = loss(head_outputs(preds), t_head)
-                raws.append(value.detach())
+                raws.append(value)
                 weight = loss.weight if self.balancer is None else self.balancer.scale(name)
                 value = value * (weight * self.settings.weight * self.factor)
                 values.append(value)
@@ -175,8 +175,20 @@ class Distiller:
         if self.balancer is not None and not self.balancer.calibrated:
             if detection is None:
                 raise ValueError("self-balancing needs the detection loss of the batch")
-            self.balancer.observe(detection, torch.stack(raws))
+            if self.settings.balance_by == "gradient":  # what each term pushes into the distilled layers
+                self.balancer.observe(grad_norm(detection, s_feats), torch.stack([grad_norm(r, s_feats) for r in raws]))
+            else:
+                self.balancer.observe(detection.detach(), torch.stack([r.detach() for r in raws]))
         return torch.stack(values), items
+
+
+def grad_norm(value: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of d value / d inputs over all inputs (0 where value does not depend on them); the graph is kept
+    for the step's own backward, and no parameter's .grad is touched."""
+    if not value.requires_grad:
+        return torch.zeros((), device=value.device)
+    grads = torch.autograd.grad(value, inputs, retain_graph=True, allow_unused=True)
+    return torch.sqrt(sum((g.float().pow(2).sum() for g in grads if g is not None), torch.zeros((), device=value.device)))
 
 
 class DistillationCriterion:
@@ -194,7 +206,7 @@ class DistillationCriterion:
         loss, items = self.detection(preds, batch)
         if not self.distiller.pending:  # e.g. a loss evaluated outside a training step
             return loss, items
-        terms, extra = self.distiller.terms(preds, loss.detach().float().sum() / batch["img"].shape[0])
+        terms, extra = self.distiller.terms(preds, loss.float().sum() / batch["img"].shape[0])
         return torch.cat([loss.float(), terms * batch["img"].shape[0]]), {**items, **extra}
 
     def update(self) -> None:

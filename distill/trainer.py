@@ -159,6 +159,7 @@ class DistillationTrainer(DetectionTrainer):
             "schedule": s.schedule,
             "final": s.final,
             "balance": s.balance,
+            "balance_by": s.balance_by,
             "balance_scales": dict(s.balance_scales) if s.balance_scales else None,
             "student_layers": list(self.distiller.student_layers),
             "teacher_layers": list(self.distiller.teacher_layers),

@@ -84,6 +84,49 @@ def test_terms_carry_no_weight_while_calibrating_then_the_share_of_the_detection
         assert ckpt["distill"]["balance_scales"] == scales and ckpt["distill"]["balance"] == 0.5
 
 
+def test_gradient_share_is_measured_at_the_distilled_maps(data_yaml, teacher_pt, project, monkeypatch):
+    """distill_balance_by=gradient: the detection quantity observed on the calibration batch is the norm of the
+    detection loss's gradient at the student's distilled maps, as the trainer's own backward delivers it there
+    (captured by tensor hooks; the terms carry no weight on that batch, so that backward is detection alone)."""
+    import distill.distiller
+
+    seen = _spy(monkeypatch)
+    grads: list[torch.Tensor] = []
+    inside = []  # non-empty while the balancer's own gradient probes run: those are not the trainer's backward
+    real_norm = distill.distiller.grad_norm
+
+    def probe(*args):
+        inside.append(1)
+        try:
+            return real_norm(*args)
+        finally:
+            inside.clear()
+
+    monkeypatch.setattr(distill.distiller, "grad_norm", probe)
+
+    def hook_maps(trainer):
+        def record(module, args, output):
+            if module.training and output.requires_grad:
+                output.register_hook(lambda g: None if inside else grads.append(g.detach().clone()))
+        for i in trainer.distiller.student_layers:
+            trainer.model.model[i].register_forward_hook(record)
+
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_pretrain_routine_end", hook_maps)
+    model.train(data=data_yaml, Distillation=teacher_pt, loss_type="cwd+kl", distill_balance=0.5,
+                distill_balance_by="gradient", distill_balance_steps=1, project=project, name="grad",
+                **{**TRAIN, "epochs": 2})
+    (detection, raw), = seen["observed"]
+    first = grads[:3]  # the first training step's backward, one gradient per distilled map
+    total = float(torch.sqrt(sum(g.double().pow(2).sum() for g in first)))
+    assert detection == pytest.approx(total / 8, rel=1e-4)  # the step's backward is of loss * batch size (8)
+    scales = model.trainer.distiller.balancer.scales
+    assert all(r > 0 for r in raw)
+    assert [scales["cwd"], scales["kl"]] == pytest.approx([0.5 * detection / r for r in raw], rel=1e-9)
+    record = torch.load(model.trainer.last, map_location="cpu", weights_only=False)["distill"]
+    assert record["balance_by"] == "gradient" and record["balance_scales"] == scales
+
+
 KILLED_RUN = r"""
 import os, sys
 sys.path.insert(0, {root!r})
@@ -148,6 +191,7 @@ def test_non_finite_batches_are_left_out_and_no_detection_loss_keeps_the_weights
 @pytest.mark.parametrize("args,match", [
     ({"distill_balance": -0.1}, "distill_balance must be >= 0"),
     ({"distill_balance": 0.5, "distill_balance_steps": 0}, "distill_balance_steps must be a whole number"),
+    ({"distill_balance": 0.5, "distill_balance_by": "loss"}, "distill_balance_by must be one of value, gradient"),
     ({"distill_balance": 0.5, "distill_balance_scales": {"kl": 1.0, "cwd": 2.0}}, "one scale per loss in use"),
     ({"distill_balance": 0.5, "distill_balance_scales": {"kl": -1.0}}, "must be >= 0"),
 ])
