@@ -29,6 +29,8 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
     "distill_weight": (1.0, "global multiplier on every distillation term"),
     "distill_schedule": ("constant", f"epoch-level weight schedule: {', '.join(SCHEDULES)}"),
     "distill_final": (0.1, "weight ratio reached at the last epoch by 'linear' and 'cosine'"),
+    "distill_off_epochs": (0, "the last N epochs train without distillation (the teacher does not run), as in "
+                           "RTMDet's recipe; linear/cosine schedules reach distill_final at the last distilled epoch"),
     "distill_balance": (0.0, "0: each loss's own weight. > 0: calibrate each term's scale over the first "
                         "distill_balance_steps batches so that it equals this share of the detection loss, then hold it"),
     "distill_balance_by": ("value", "what distill_balance matches: 'value' (the terms' values per image) or "
@@ -84,6 +86,7 @@ class DistillSettings:
     final: float = 0.1
     student_layers: list[int] | None = None
     teacher_layers: list[int] | None = None
+    off_epochs: int = 0
     balance: float = 0.0
     balance_steps: int = 20
     balance_scales: dict[str, float] | None = None
@@ -114,6 +117,9 @@ class DistillSettings:
         if not 0 <= final <= 1:
             raise ValueError(f"distill_final must be in [0, 1], got {final}.")
         s_layers, t_layers = parse_layers(get("distill_layers")), parse_layers(get("distill_teacher_layers"))
+        off = _number(get("distill_off_epochs"), "distill_off_epochs", CORE_KEYS["distill_off_epochs"][0])
+        if off < 0 or off != int(off):
+            raise ValueError(f"distill_off_epochs must be a whole number >= 0, got {get('distill_off_epochs')!r}.")
         balance = _number(get("distill_balance"), "distill_balance", CORE_KEYS["distill_balance"][0])
         if balance < 0:
             raise ValueError(f"distill_balance must be >= 0 (0 turns it off), got {balance}.")
@@ -132,13 +138,17 @@ class DistillSettings:
             ignored.append(f"{', '.join(changed)} set, but distill_balance > 0 replaces the losses' weights by "
                            "calibrated scales")
         return cls(get("Distillation"), losses, params, weight, schedule, final, s_layers, t_layers,
-                   balance, int(steps), scales, balance_by, unused, ignored)
+                   int(off), balance, int(steps), scales, balance_by, unused, ignored)
 
     def factor(self, epoch: int, epochs: int) -> float:
-        """Schedule multiplier for 0-based `epoch` of `epochs`: 1 at the start, `final` at the last epoch."""
-        if self.schedule == "constant" or epochs <= 1:
+        """Schedule multiplier for 0-based `epoch` of `epochs`: 1 at the start, `final` at the last distilled epoch,
+        0 in the last `off_epochs` epochs."""
+        distilled = epochs - self.off_epochs
+        if epoch >= distilled:
+            return 0.0
+        if self.schedule == "constant" or distilled <= 1:
             return 1.0
-        p = min(max(epoch / (epochs - 1), 0.0), 1.0)
+        p = min(max(epoch / (distilled - 1), 0.0), 1.0)
         if self.schedule == "linear":
             return 1.0 - (1.0 - self.final) * p
         return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * p))

@@ -21,6 +21,7 @@ from distill.features import FeatureRecorder, pair_layers, probe_shapes
 from distill.losses import build_loss, feature_losses
 
 MODULES_ATTR = "distill_modules"  # student attribute holding connectors and loss-owned layers
+OFF = ([], None)  # teacher outputs of a step whose distillation factor is 0 (no teacher forward)
 
 
 def model_name(model: nn.Module) -> str:
@@ -130,11 +131,14 @@ class Distiller:
         if not isinstance(getattr(student, "criterion", None), DistillationCriterion):
             student.criterion = DistillationCriterion(getattr(student, "criterion", None) or student.init_criterion(), self)
         self.factor = self.settings.factor(epoch, epochs)
+        self._student = student
+        if self.factor == 0:  # e.g. the distillation-free tail: the terms are 0, so the teacher need not run
+            self._teacher_out = OFF
+            return
         with torch.no_grad(), self._teacher_rec.armed([self.teacher.model[i] for i in self.teacher_layers]):
             out = self._teacher_rec.run(self.teacher, img)
             t_feats = self._teacher_rec.take()
         self._teacher_out = (t_feats, head_outputs(out) if self.needs_logits else None)
-        self._student = student
         self._student_rec.arm([student.model[i] for i in self.student_layers])
 
     def release(self) -> None:
@@ -150,6 +154,10 @@ class Distiller:
     def terms(self, preds: Any, detection: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Weighted distillation terms, shape (n_losses,), per image (not yet scaled by batch size), fp32.
         detection: this batch's detection loss per image (scalar), which self-balancing calibrates against."""
+        if self._teacher_out is OFF:  # same columns and loss vector length as every other step, all zero
+            self._teacher_out = None
+            zeros = torch.zeros(len(self.losses), device=next(self._student.parameters()).device)
+            return zeros, {f"{name}_loss": zeros[i] for i, name in enumerate(self.losses)}
         s_feats = self._student_rec.take()
         t_feats, t_head = self._teacher_out
         self._teacher_out = None

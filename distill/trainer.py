@@ -70,11 +70,12 @@ class DistillationTrainer(DetectionTrainer):
                 LOGGER.warning(f"Distillation: distill_balance_steps={balancer.steps} is more than one epoch's {nb} "
                                f"batches; calibrating over {nb}.")
                 balancer.steps = nb
-            if balancer.steps >= nb * (self.epochs - self.start_epoch):
+            distilled = nb * (self.epochs - self.start_epoch - self.distiller.settings.off_epochs)
+            if balancer.steps >= distilled:
                 self._discard_run()
                 raise ValueError(f"distill_balance calibrates over {balancer.steps} batches, which leaves none of this "
-                                 f"{self.epochs}-epoch run's {nb * self.epochs} batches to distil. Train 2+ epochs or "
-                                 "lower distill_balance_steps.")
+                                 f"run's {distilled} distilled batches to distil. Train 2+ epochs or lower "
+                                 "distill_balance_steps.")
         return out
 
     def get_model(self, cfg=None, weights: nn.Module | None = None, verbose: bool = True):
@@ -158,6 +159,7 @@ class DistillationTrainer(DetectionTrainer):
             "weight": s.weight,
             "schedule": s.schedule,
             "final": s.final,
+            "off_epochs": s.off_epochs,
             "balance": s.balance,
             "balance_by": s.balance_by,
             "balance_scales": dict(s.balance_scales) if s.balance_scales else None,
@@ -187,6 +189,9 @@ def preflight(cfg: Any, overrides: dict, teacher: nn.Module | None) -> nn.Module
                        f"'{'+'.join(settings.losses)}', so they have no effect.")
     for sentence in settings.ignored:
         LOGGER.warning(f"Distillation: {sentence}.")
+    if settings.off_epochs >= args.epochs:
+        raise ValueError(f"distill_off_epochs={settings.off_epochs} leaves none of the {args.epochs} epochs to distil: "
+                         "set it below epochs.")
     if settings.teacher is None:
         raise ValueError("no teacher given: pass Distillation=<teacher .pt | .yaml | YOLO | nn.Module> (CLI: --teacher).")
     data = check_det_dataset(args.data) if args.data else None  # what the trainer loads next anyway

@@ -156,7 +156,7 @@ def test_resume_keeps_the_calibrated_scales_bitwise(data_yaml, teacher_pt, proje
 def test_calibration_is_capped_at_one_epoch_and_needs_batches_left_to_distil(data_yaml, teacher_pt, project):
     """More calibration batches than an epoch has are capped at the epoch (so epoch 1's checkpoint holds the scales);
     a 1-epoch run would then have nothing left to distil: refused before the first step, no run folder left."""
-    with pytest.raises(ValueError, match="calibrates over 2 batches, which leaves none of this 1-epoch run's 2"):
+    with pytest.raises(ValueError, match="calibrates over 2 batches, which leaves none of this run's 2 distilled batches"):
         YOLO("yolov8n.yaml").train(data=data_yaml, Distillation=teacher_pt, loss_type="cwd", distill_balance=0.5,
                                    distill_balance_steps=50, project=project, name="long", **{**TRAIN, "plots": True})
     assert not (Path(project) / "long").exists()

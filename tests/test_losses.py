@@ -236,6 +236,13 @@ def test_parameters_of_losses_not_in_use_are_checked_and_reported():
         DistillSettings.from_args({"loss_type": "kl", "mgd_mask_ratio": 1.5})
 
 
+def test_distillation_free_tail_and_the_schedule_before_it():
+    s = DistillSettings.from_args({"distill_schedule": "linear", "distill_final": 0.1, "distill_off_epochs": 1})
+    assert [round(s.factor(e, 4), 6) for e in range(4)] == pytest.approx([1, 0.55, 0.1, 0])
+    with pytest.raises(ValueError, match="distill_off_epochs must be a whole number"):
+        DistillSettings.from_args({"distill_off_epochs": 1.5})
+
+
 @pytest.mark.parametrize(
     "schedule,factors", [("constant", [1, 1, 1]), ("linear", [1, 0.55, 0.1]), ("cosine", [1, 0.55, 0.1])]
 )

@@ -101,6 +101,33 @@ def test_spatial_attention_sees_the_students_own_channels_beside_a_connector_los
     assert channels["cwd"] == [(128, 128), (256, 256), (512, 512)]  # through the connectors
 
 
+def test_the_last_epochs_train_without_the_teacher(data_yaml, teacher_pt, project, monkeypatch):
+    """distill_off_epochs=1 of 3: epochs 1-2 distil, epoch 3 trains on the detection loss alone and the teacher never
+    runs in it; results.csv keeps the column (0 in the tail)."""
+    from distill.features import FeatureRecorder
+
+    runs = []
+    real_run = FeatureRecorder.run
+    monkeypatch.setattr(FeatureRecorder, "run", lambda self, model, img: runs.append(img.shape[0]) or real_run(self, model, img))
+    epochs = []
+    model = YOLO("yolov8n.yaml")
+    model.add_callback("on_train_epoch_end", lambda tr: epochs.append(len(runs)))
+    model.train(data=data_yaml, Distillation=teacher_pt, loss_type="cwd", distill_off_epochs=1, project=project,
+                name="tail", **{**TRAIN, "epochs": 3})
+    # teacher forwards per epoch (the first count also holds the set-up's shape probes): 2 batches, 2, then none
+    assert epochs[1] - epochs[0] == 2 and epochs[2] == epochs[1]
+    column = [float(r["train/cwd_loss"]) for r in _results(model.trainer.save_dir)]
+    assert column[0] > 0 and column[1] > 0 and column[2] == 0
+    assert torch.load(model.trainer.last, map_location="cpu", weights_only=False)["distill"]["off_epochs"] == 1
+
+
+def test_a_tail_as_long_as_training_is_refused(data_yaml, teacher_pt, project):
+    with pytest.raises(ValueError, match="distill_off_epochs=1 leaves none of the 1 epochs"):
+        YOLO("yolov8n.yaml").train(data=data_yaml, Distillation=teacher_pt, loss_type="cwd", distill_off_epochs=1,
+                                   project=project, name="tail1", **TRAIN)
+    assert not (Path(project) / "tail1").exists()
+
+
 def _record_items(monkeypatch) -> list[dict[str, float]]:
     """The distillation terms of every training step, as they entered the loss vector (the criterion's last
     n entries divided by the batch size), checked against the items it reports for logging."""
