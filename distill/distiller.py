@@ -120,9 +120,9 @@ class Distiller:
                 f"teacher {self.teacher.stride.tolist()}."
             )
         if sh.reg_max != th.reg_max:
-            LOGGER.warning(
-                f"Distillation: student reg_max {sh.reg_max} != teacher reg_max {th.reg_max}; "
-                "box distributions cannot be compared, only class scores are distilled."
+            LOGGER.info(
+                f"Distillation: student reg_max {sh.reg_max}, teacher reg_max {th.reg_max}: boxes are distilled as "
+                "decoded side distances (L1 + GIoU), not as distributions."
             )
 
     # ---- per step -----------------------------------------------------------------------------------------------

@@ -79,6 +79,37 @@ def ref_attention(s, t, p, beta, axes):
     return beta / 2 * total / count
 
 
+def ref_decoded_box(bs, bt, zt, box_weight):
+    """The decoded-box term with explicit loops: expected DFL bin (or the raw output when reg_max is 1) per side,
+    L1 over sides plus 1 - GIoU of the two boxes around the shared anchor, weighted by the teacher's top class."""
+    def sides(boxes, i, k):
+        reg = boxes.shape[1] // 4
+        out = []
+        for side in range(4):
+            logits = boxes[i, side * reg:(side + 1) * reg, k]
+            out.append(logits[0] if reg == 1 else float((np.exp(logits) / np.exp(logits).sum() * np.arange(reg)).sum()))
+        return out
+
+    num = den = 0.0
+    for i in range(zt.shape[0]):
+        for k in range(zt.shape[2]):
+            w = max(sigmoid(zt[i, c, k]) for c in range(zt.shape[1]))
+            s, t = sides(bs, i, k), sides(bt, i, k)
+            l1 = sum(abs(a - b) for a, b in zip(s, t)) / 4
+            s, t = [max(v, 0) for v in s], [max(v, 0) for v in t]
+            # boxes (x1, y1, x2, y2) around the anchor at the origin
+            sx1, sy1, sx2, sy2 = -s[0], -s[1], s[2], s[3]
+            tx1, ty1, tx2, ty2 = -t[0], -t[1], t[2], t[3]
+            iw, ih = max(0, min(sx2, tx2) - max(sx1, tx1)), max(0, min(sy2, ty2) - max(sy1, ty1))
+            inter = iw * ih
+            union = (sx2 - sx1) * (sy2 - sy1) + (tx2 - tx1) * (ty2 - ty1) - inter
+            hull = (max(sx2, tx2) - min(sx1, tx1)) * (max(sy2, ty2) - min(sy1, ty1))
+            giou = inter / union - (hull - union) / hull
+            num += w * (l1 + 1 - giou)
+            den += w
+    return box_weight * num / den
+
+
 # ---- tests ----------------------------------------------------------------------------------------------------------
 def test_registry_lists_every_loss():
     assert set(available_losses()) == {"kl", "mimic", "cwd", "mgd", "pkd", "at", "at_channel"}
@@ -173,7 +204,7 @@ def test_kl_zero_for_identical_and_hand_value():
     loss = build_loss("kl", {"temperature": 1.0, "box_temperature": 1.0})
     head = {"scores": torch.randn(2, 3, 5), "boxes": torch.randn(2, 4 * 4, 5)}
     assert float(loss(head, head)) == pytest.approx(0.0, abs=1e-6)
-    # one anchor, one class, reg_max 1 (no box term): teacher p=0.75, student p=0.5
+    # one anchor, one class, reg_max 1 with equal (empty) boxes, so no box term: teacher p=0.75, student p=0.5
     s = {"scores": torch.zeros(1, 1, 1), "boxes": torch.zeros(1, 4, 1)}
     t = {"scores": torch.full((1, 1, 1), math.log(3.0)), "boxes": torch.zeros(1, 4, 1)}
     expected = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
@@ -190,12 +221,48 @@ def test_kl_matches_reference(T, Tb):
     assert float(got) == pytest.approx(ref_kl(zs, zt, bs, bt, T, Tb), rel=1e-5)
 
 
+@pytest.mark.parametrize("reg_s,reg_t,decoded", [(1, 1, 0.0), (1, 4, 0.0), (4, 1, 0.0), (4, 4, 1.0), (3, 5, 0.0)])
+def test_kl_decoded_boxes_match_reference(reg_s, reg_t, decoded):
+    """Heads without distributions (YOLO26, reg_max 1), with different bin counts, or by choice: decoded boxes."""
+    zs, zt = rng.normal(size=(2, 3, 5)), rng.normal(size=(2, 3, 5))
+    bs = rng.normal(size=(2, 4 * reg_s, 5)) + (3 if reg_s == 1 else 0)  # mostly positive distances for reg_max 1
+    bt = rng.normal(size=(2, 4 * reg_t, 5)) + (3 if reg_t == 1 else 0)
+    params = {"temperature": 1.0, "box_weight": 0.7, "decoded": decoded}
+    head = lambda z, b: {"scores": torch.tensor(z), "boxes": torch.tensor(b)}  # noqa: E731
+    got = float(build_loss("kl", params)(head(zs, bs), head(zt, bt)))
+    cls_only = float(build_loss("kl", {**params, "box_weight": 0.0})(head(zs, bs), head(zt, bt)))
+    assert got - cls_only == pytest.approx(ref_decoded_box(bs, bt, zt, 0.7), rel=1e-6)
+    assert got - cls_only > 0
+    same = float(build_loss("kl", params)(head(zt, bt), head(zt, bt)))
+    assert same == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("student,teacher", [("yolo26n.yaml", "yolo26s.yaml"), ("yolov8n.yaml", "yolo26s.yaml")])
+def test_kl_has_a_box_term_for_real_dfl_free_and_mixed_heads(student, teacher):
+    """Real heads: YOLO26 (reg_max 1) pairs and a YOLOv8 student with a YOLO26 teacher get a box signal."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from distill.distiller import head_outputs
+
+    torch.manual_seed(0)
+    img = torch.rand(2, 3, 64, 64)
+    outs = []
+    for cfg in (student, teacher):
+        model = DetectionModel(cfg, nc=3, verbose=False).train()
+        outs.append(head_outputs(model(img)))
+    with_box = float(build_loss("kl")(*outs).detach())
+    cls_only = float(build_loss("kl", {"box_weight": 0.0})(*outs).detach())
+    assert math.isfinite(with_box) and with_box > cls_only
+
+
 @pytest.mark.parametrize(
     "name,params,match",
     [
         ("cwd", {"weight": -1.0}, "cwd_weight must be >= 0"),
         ("cwd", {"tau": 0.0}, "cwd_tau must be > 0"),
         ("kl", {"temperature": -2.0}, "kl_temperature must be > 0"),
+        ("kl", {"decoded": 0.5}, "kl_decoded must be 0 or 1"),
+        ("kl", {"box_weight": -1.0}, "kl_box_weight must be >= 0"),
         ("mgd", {"mask_ratio": 1.0}, r"mgd_mask_ratio must be in \[0, 1\)"),
         ("mgd", {"alpha": -1e-5}, "mgd_alpha must be >= 0"),
         ("at", {"p": 0.5}, "at_p must be >= 1"),

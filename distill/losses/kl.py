@@ -1,10 +1,13 @@
-"""Logit distillation for YOLO heads: class-score KD and DFL box-distribution KD.
+"""Logit distillation for YOLO heads: class-score KD, and box KD on distributions or decoded boxes.
 
 Class scores are independent sigmoids, so the faithful KD form is a per-class binary KL
-(Hinton et al. 2015, with temperature T and the T^2 gradient correction). The box branch predicts
+(Hinton et al. 2015, with temperature T and the T^2 gradient correction). A DFL box branch predicts
 a distribution over `reg_max` bins per side, distilled with softmax KL as in Localization
-Distillation (Zheng et al., CVPR 2022). LD distils where the teacher sees objects; we express
-that region softly by weighting each anchor with the teacher's top class probability.
+Distillation (Zheng et al., CVPR 2022). Heads without distributions (YOLO26: reg_max 1, the four
+outputs are the side distances themselves) or with different bin counts are distilled on the decoded
+side distances instead: L1 plus 1 - GIoU between the student's and the teacher's box at each anchor,
+as in the IoU-based box term of BCKD (Yang et al., ICCV 2023). Both distil where the teacher sees
+objects, expressed softly by weighting each anchor with the teacher's top class probability.
 """
 
 from __future__ import annotations
@@ -18,9 +21,10 @@ from distill.losses.base import LogitLoss
 
 @register_loss("kl")
 class KLLoss(LogitLoss):
-    """cls = T^2 * sum_a w_a sum_c KL_bin(a, c) / sum_a w_a;  box = Tb^2 * sum_a w_a mean_side KL_softmax / sum_a w_a;
-    w_a = max_c sigmoid(teacher logit). Returns cls + box (box only when both heads have the same reg_max > 1).
-    """
+    """cls = T^2 * sum_a w_a sum_c KL_bin(a, c) / sum_a w_a, w_a = max_c sigmoid(teacher logit); plus
+    box = Tb^2 * sum_a w_a mean_side KL_softmax / sum_a w_a when both heads have the same reg_max > 1 (and
+    `decoded` is 0), else box = box_weight * sum_a w_a (mean_side |d_s - d_t| + 1 - GIoU) / sum_a w_a on the
+    decoded side distances d (grid units; a DFL head's expected bin)."""
 
     params = {
         # Best of 0.5 / 1 / 2 on the gain benchmark (benchmarks/results/gain_all.md). At 2 the
@@ -28,6 +32,8 @@ class KLLoss(LogitLoss):
         "weight": (0.5, "loss weight"),
         "temperature": (1.0, "class-score temperature T"),
         "box_temperature": (10.0, "DFL distribution temperature (LD paper: 10)"),
+        "box_weight": (1.0, "weight of the decoded-box term (used where distributions cannot be compared)"),
+        "decoded": (0.0, "1: distil decoded boxes even between DFL heads of equal reg_max; 0: LD there"),
     }
 
     @classmethod
@@ -36,6 +42,10 @@ class KLLoss(LogitLoss):
         for key in ("temperature", "box_temperature"):
             if values[key] <= 0:
                 raise ValueError(f"kl_{key} must be > 0, got {values[key]}.")
+        if values["box_weight"] < 0:
+            raise ValueError(f"kl_box_weight must be >= 0, got {values['box_weight']}.")
+        if values["decoded"] not in (0.0, 1.0):
+            raise ValueError(f"kl_decoded must be 0 or 1, got {values['decoded']}.")
 
     def __call__(self, student: dict, teacher: dict, modules=None) -> torch.Tensor:
         zs, zt = student["scores"].float(), teacher["scores"].float()  # (B, nc, A)
@@ -50,11 +60,38 @@ class KLLoss(LogitLoss):
 
         bs, bt = student["boxes"].float(), teacher["boxes"].float()  # (B, 4 * reg_max, A)
         reg_max = bs.shape[1] // 4
-        if reg_max > 1 and bs.shape == bt.shape:  # heads with different bin counts share no box distribution
+        if reg_max > 1 and bs.shape == bt.shape and not self.decoded:  # the same bins: LD on the distributions
             Tb = self.box_temperature
             b, _, a = bs.shape
             log_qs = F.log_softmax(bs.view(b, 4, reg_max, a) / Tb, dim=2)
             log_qt = F.log_softmax(bt.view(b, 4, reg_max, a) / Tb, dim=2)
             kl_box = (log_qt.exp() * (log_qt - log_qs)).sum(2).mean(1)  # (B, A)
-            loss = loss + Tb**2 * (kl_box * weight).sum() / norm
+            return loss + Tb**2 * (kl_box * weight).sum() / norm
+        if self.box_weight > 0:
+            ds, dt = side_distances(bs), side_distances(bt)
+            box = (ds - dt).abs().mean(1) + 1 - shared_anchor_giou(ds, dt)  # (B, A)
+            loss = loss + self.box_weight * (box * weight).sum() / norm
         return loss
+
+
+def side_distances(boxes: torch.Tensor) -> torch.Tensor:
+    """(B, 4 * reg_max, A) head box output -> (B, 4, A) left, top, right, bottom distances in grid units: the
+    expected bin of each side's distribution (DFL), or the outputs themselves when reg_max is 1."""
+    b, c, a = boxes.shape
+    reg_max = c // 4
+    if reg_max == 1:
+        return boxes
+    bins = torch.arange(reg_max, device=boxes.device, dtype=boxes.dtype).view(1, 1, reg_max, 1)
+    return (boxes.view(b, 4, reg_max, a).softmax(2) * bins).sum(2)
+
+
+def shared_anchor_giou(ds: torch.Tensor, dt: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """GIoU of two boxes given as (B, 4, A) side distances from the same anchor point (negative sides count as 0)."""
+    ds, dt = ds.clamp(min=0), dt.clamp(min=0)
+    area_s = (ds[:, 0] + ds[:, 2]) * (ds[:, 1] + ds[:, 3])
+    area_t = (dt[:, 0] + dt[:, 2]) * (dt[:, 1] + dt[:, 3])
+    inner, outer = torch.minimum(ds, dt), torch.maximum(ds, dt)  # both boxes contain the anchor point
+    inter = (inner[:, 0] + inner[:, 2]) * (inner[:, 1] + inner[:, 3])
+    hull = (outer[:, 0] + outer[:, 2]) * (outer[:, 1] + outer[:, 3])
+    union = area_s + area_t - inter
+    return (inter + eps) / (union + eps) - (hull - union) / (hull + eps)  # two empty boxes at one point: 1
