@@ -31,11 +31,16 @@ def model_name(model: nn.Module) -> str:
     return str(name or type(model).__name__)
 
 
-def head_outputs(preds: Any) -> dict[str, torch.Tensor]:
-    """The raw head dict (`boxes`, `scores`, `feats`) from train- or eval-mode Detect output;
-    end-to-end heads (YOLO26) give their dense one-to-many branch."""
-    out = preds[1] if isinstance(preds, (tuple, list)) else preds
-    return out.get("one2many", out)
+def head_pairs(student_preds: Any, teacher_preds: Any) -> list[tuple[dict, dict]]:
+    """(student, teacher) raw head dicts (`boxes`, `scores`, `feats`) to distil, from train- or eval-mode Detect
+    output: the dense branch always; the one-to-one branch of end-to-end heads (YOLO26, the branch inference
+    uses) too when both models have one."""
+    s = student_preds[1] if isinstance(student_preds, (tuple, list)) else student_preds
+    t = teacher_preds[1] if isinstance(teacher_preds, (tuple, list)) else teacher_preds
+    pairs = [(s.get("one2many", s), t.get("one2many", t))]
+    if "one2one" in s and "one2one" in t:
+        pairs.append((s["one2one"], t["one2one"]))
+    return pairs
 
 
 class Distiller:
@@ -119,6 +124,9 @@ class Distiller:
                 f"logit distillation needs the same head strides: student {student.stride.tolist()}, "
                 f"teacher {self.teacher.stride.tolist()}."
             )
+        if bool(getattr(sh, "end2end", False)) != bool(getattr(th, "end2end", False)):
+            LOGGER.info("Distillation: only one model has an end-to-end (one-to-one) head branch; the logit loss "
+                        "distils the dense branch they share and skips the one-to-one branch.")
         if sh.reg_max != th.reg_max:
             LOGGER.info(
                 f"Distillation: student reg_max {sh.reg_max}, teacher reg_max {th.reg_max}: boxes are distilled as "
@@ -138,7 +146,7 @@ class Distiller:
         with torch.no_grad(), self._teacher_rec.armed([self.teacher.model[i] for i in self.teacher_layers]):
             out = self._teacher_rec.run(self.teacher, img)
             t_feats = self._teacher_rec.take()
-        self._teacher_out = (t_feats, head_outputs(out) if self.needs_logits else None)
+        self._teacher_out = (t_feats, out if self.needs_logits else None)
         self._student_rec.arm([student.model[i] for i in self.student_layers])
 
     def release(self) -> None:
@@ -174,7 +182,7 @@ class Distiller:
                 if loss.kind == "feature":
                     value = loss(aligned if loss.aligns_channels else own, t32, modules[name] if name in modules else None)
                 else:
-                    value = loss(head_outputs(preds), t_head)
+                    value = sum(loss(s, t) for s, t in head_pairs(preds, t_head))  # end-to-end: both branches
                 raws.append(value)
                 weight = loss.weight if self.balancer is None else self.balancer.scale(name)
                 value = value * (weight * self.settings.weight * self.factor)

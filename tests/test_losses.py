@@ -238,18 +238,24 @@ def test_kl_decoded_boxes_match_reference(reg_s, reg_t, decoded):
 
 
 @pytest.mark.parametrize("student,teacher", [("yolo26n.yaml", "yolo26s.yaml"), ("yolov8n.yaml", "yolo26s.yaml")])
-def test_kl_has_a_box_term_for_real_dfl_free_and_mixed_heads(student, teacher):
-    """Real heads: YOLO26 (reg_max 1) pairs and a YOLOv8 student with a YOLO26 teacher get a box signal."""
+def test_kl_pairs_and_box_term_for_real_dfl_free_and_mixed_heads(student, teacher):
+    """Real heads: YOLO26 (reg_max 1) pairs distil both branches and a YOLOv8 student with a YOLO26 teacher the
+    dense one; each gets a box signal."""
     from ultralytics.nn.tasks import DetectionModel
 
-    from distill.distiller import head_outputs
+    from distill.distiller import head_pairs
 
     torch.manual_seed(0)
     img = torch.rand(2, 3, 64, 64)
-    outs = []
-    for cfg in (student, teacher):
-        model = DetectionModel(cfg, nc=3, verbose=False).train()
-        outs.append(head_outputs(model(img)))
+    s_out = DetectionModel(student, nc=3, verbose=False).train()(img)
+    t_out = DetectionModel(teacher, nc=3, verbose=False).eval()(img)  # the teacher runs in eval mode
+    pairs = head_pairs(s_out, t_out)
+    # the one-to-one branch (what YOLO26 infers with) is distilled too where both heads have it
+    assert [p[1] is t_out[1][k] for p, k in zip(pairs, ("one2many", "one2one"))] == [True] * len(pairs)
+    assert len(pairs) == (2 if student.startswith("yolo26") else 1)
+    if len(pairs) == 2:
+        assert pairs[1][0] is s_out["one2one"] and pairs[0][0] is s_out["one2many"]
+    outs = pairs[0]
     with_box = float(build_loss("kl")(*outs).detach())
     cls_only = float(build_loss("kl", {"box_weight": 0.0})(*outs).detach())
     assert math.isfinite(with_box) and with_box > cls_only
