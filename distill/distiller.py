@@ -17,8 +17,8 @@ from ultralytics.utils import LOGGER
 from distill.balance import Balancer
 from distill.config import DistillSettings
 from distill.connectors import align, build_connectors
-from distill.features import FeatureRecorder, pair_layers, probe_shapes
-from distill.losses import build_loss, feature_losses
+from distill.features import FeatureRecorder, detect_inputs, pair_layers, probe_shapes
+from distill.losses import build_loss, class_free_losses
 
 MODULES_ATTR = "distill_modules"  # student attribute holding connectors and loss-owned layers
 OFF = ([], None)  # teacher outputs of a step whose distillation factor is 0 (no teacher forward)
@@ -50,8 +50,9 @@ class Distiller:
         self.teacher = teacher
         self.settings = settings
         self.losses = {name: build_loss(name, settings.loss_params.get(name)) for name in settings.losses}
-        self.needs_features = any(loss.kind == "feature" for loss in self.losses.values())
-        self.needs_logits = any(loss.kind == "logit" for loss in self.losses.values())
+        kinds = {loss.kind for loss in self.losses.values()}
+        self.needs_features = bool(kinds & {"feature", "cross"})
+        self.needs_logits = bool(kinds & {"logit", "cross"})  # cross: the teacher's own head outputs
         self.student_layers: list[int] = []
         self.teacher_layers: list[int] = []
         # Without a logit loss the teacher's head is never needed: stop its forward at the last hooked layer.
@@ -82,15 +83,22 @@ class Distiller:
                 f"(layers {self.teacher_layers}), e.g. a P2 model against a P3-P5 one. Pair them explicitly with "
                 "distill_layers and distill_teacher_layers of equal length."
             )
-        if self.needs_logits:
+        if any(loss.kind == "logit" for loss in self.losses.values()):
             self._check_heads(student)
+        cross = [name for name, loss in self.losses.items() if loss.kind == "cross"]
+        if cross and (self.student_layers != detect_inputs(student) or self.teacher_layers != detect_inputs(self.teacher)):
+            raise ValueError(
+                f"{'+'.join(cross)} runs the teacher's head on the student's Detect inputs, so it needs those layers: "
+                f"student {detect_inputs(student)}, teacher {detect_inputs(self.teacher)} (got {self.student_layers} "
+                f"and {self.teacher_layers}). Leave distill_layers / distill_teacher_layers unset."
+            )
         if not self.needs_features:
             return
         s_shapes = probe_shapes(student, self.student_layers, "student")
         t_shapes = probe_shapes(self.teacher, self.teacher_layers, "teacher")
         s_channels, t_channels = [c for c, _, _ in s_shapes], [c for c, _, _ in t_shapes]
         # Connectors only where a loss compares channels one to one; the others see the student's own maps.
-        projected = any(loss.kind == "feature" and loss.aligns_channels for loss in self.losses.values())
+        projected = any(loss.kind in ("feature", "cross") and loss.aligns_channels for loss in self.losses.values())
         modules = nn.ModuleDict({"connectors": build_connectors(s_channels, t_channels if projected else s_channels)})
         for name, loss in self.losses.items():
             if (extra := loss.build(t_channels)) is not None:
@@ -117,7 +125,7 @@ class Distiller:
         if sh.nc != th.nc:
             raise ValueError(
                 f"logit distillation needs the same classes, but the student has {sh.nc} and the teacher {th.nc}. "
-                f"Use a teacher trained on this dataset, or a feature loss ({', '.join(feature_losses())})."
+                f"Use a teacher trained on this dataset, or a loss that needs no shared classes ({', '.join(class_free_losses())})."
             )
         if list(student.stride) != list(self.teacher.stride):
             raise ValueError(
@@ -181,6 +189,9 @@ class Distiller:
             for name, loss in self.losses.items():
                 if loss.kind == "feature":
                     value = loss(aligned if loss.aligns_channels else own, t32, modules[name] if name in modules else None)
+                elif loss.kind == "cross":  # the teacher's head on the student's aligned maps, against its own output
+                    head = self.teacher.model[-1]
+                    value = loss(head.forward_head(aligned, **head.one2many), head_pairs(t_head, t_head)[0][1])
                 else:
                     value = sum(loss(s, t) for s, t in head_pairs(preds, t_head))  # end-to-end: both branches
                 raws.append(value)

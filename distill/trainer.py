@@ -17,7 +17,7 @@ from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_m
 
 from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings
 from distill.distiller import MODULES_ATTR, Distiller
-from distill.losses import feature_losses, get_loss_class
+from distill.losses import class_free_losses, get_loss_class
 from distill.teacher import (atomic_save, class_names, fingerprint, freeze, load_teacher, needs_teacher_file,
                              save_teacher, teacher_save_path)
 
@@ -218,7 +218,7 @@ def check_classes(teacher: nn.Module, names: list[str], settings: DistillSetting
     logit = [n for n in settings.losses if get_loss_class(n).kind == "logit"]
     if logit:
         raise ValueError(f"{msg}; the logit loss '{'+'.join(logit)}' needs the same classes. Use a teacher trained "
-                         f"on these classes, or feature losses only ({', '.join(feature_losses())}).")
+                         f"on these classes, or only losses that need no shared classes ({', '.join(class_free_losses())}).")
     LOGGER.warning(f"Distillation: {msg}; feature losses proceed.")
 
 

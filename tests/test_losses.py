@@ -112,9 +112,9 @@ def ref_decoded_box(bs, bt, zt, box_weight):
 
 # ---- tests ----------------------------------------------------------------------------------------------------------
 def test_registry_lists_every_loss():
-    assert set(available_losses()) == {"kl", "mimic", "cwd", "mgd", "pkd", "at", "at_channel"}
+    assert set(available_losses()) == {"kl", "mimic", "cwd", "mgd", "pkd", "at", "at_channel", "crosskd"}
     assert parse_loss_spec("cwd+kl") == ["cwd", "kl"] and parse_loss_spec("at_channel+kl") == ["at_channel", "kl"]
-    with pytest.raises(ValueError, match="Registered losses: at, at_channel, cwd, kl, mgd, mimic, pkd"):
+    with pytest.raises(ValueError, match="Registered losses: at, at_channel, crosskd, cwd, kl, mgd, mimic, pkd"):
         parse_loss_spec("cwd+fgd")
 
 

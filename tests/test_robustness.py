@@ -309,7 +309,7 @@ def renamed_data(tmp_path_factory, data_yaml) -> str:
         ("classifier", "teacher must be a YOLO detection model, but its head is 'Classify'"),
         ("classes", "the logit loss 'kl' needs the same classes"),
         ("levels", "the student (yolov8n-p2.yaml) distils 4 levels"),
-        ("unknown_loss", "unknown distillation loss 'fgd'. Registered losses: at, at_channel, cwd, kl, mgd, mimic, pkd"),
+        ("unknown_loss", "unknown distillation loss 'fgd'. Registered losses: at, at_channel, crosskd, cwd, kl, mgd, mimic, pkd"),
         ("negative_weight", "distill_weight must be >= 0"),
         ("temperature", "kl_temperature must be > 0"),
         ("mask_ratio", "mgd_mask_ratio must be in [0, 1)"),

@@ -17,7 +17,7 @@ from distill import YOLO, DistillationTrainer
 from distill.compare import results_columns
 from distill.distiller import MODULES_ATTR, DistillationCriterion
 
-LOSSES = ["cwd", "mgd", "mimic", "kl", "pkd", "at", "at_channel"]
+LOSSES = ["cwd", "mgd", "mimic", "kl", "pkd", "at", "at_channel", "crosskd"]
 
 
 def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -126,6 +126,24 @@ def test_a_tail_as_long_as_training_is_refused(data_yaml, teacher_pt, project):
         YOLO("yolov8n.yaml").train(data=data_yaml, Distillation=teacher_pt, loss_type="cwd", distill_off_epochs=1,
                                    project=project, name="tail1", **TRAIN)
     assert not (Path(project) / "tail1").exists()
+
+
+def test_crosskd_is_zero_when_the_student_is_the_teacher_and_needs_the_detect_inputs(data_yaml, teacher_pt, project):
+    """The teacher's head on the teacher's own maps reproduces its predictions: with a student that is a copy of the
+    teacher (identity connectors), the CrossKD term is 0 on a real batch; other layers than the Detect inputs are
+    refused before training."""
+    trainer = DistillationTrainer(overrides=dict(model=teacher_pt, data=data_yaml, Distillation=teacher_pt,
+                                                 loss_type="crosskd", project=project, name="cross0", **TRAIN))
+    trainer._setup_train()
+    trainer.model.eval()  # BatchNorm on running statistics, as the frozen teacher's
+    for m in getattr(trainer.model, MODULES_ATTR)["connectors"]:
+        assert isinstance(m, torch.nn.Identity)
+    batch = trainer.preprocess_batch(next(iter(trainer.train_loader)))
+    _, items = trainer.model.loss(batch)
+    assert float(items["crosskd_loss"]) == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(ValueError, match="crosskd runs the teacher's head on the student's Detect inputs"):
+        YOLO("yolov8n.yaml").train(data=data_yaml, Distillation=teacher_pt, loss_type="crosskd", distill_layers="9",
+                                   project=project, name="cross1", **TRAIN)
 
 
 def _record_items(monkeypatch) -> list[dict[str, float]]:

@@ -46,9 +46,10 @@ def available_losses() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def feature_losses() -> list[str]:
-    """Registered losses on neck maps (usable with any teacher), sorted."""
-    return [n for n in available_losses() if _REGISTRY[n].kind == "feature"]
+def class_free_losses() -> list[str]:
+    """Registered losses that never compare the teacher's class scores with the student's one to one (feature
+    losses, and CrossKD, which compares the teacher's head with itself): usable with a teacher of other classes."""
+    return [n for n in available_losses() if _REGISTRY[n].kind != "logit"]
 
 
 def get_loss_class(name: str) -> type[DistillLoss]:
@@ -84,5 +85,5 @@ for _mod in pkgutil.iter_modules(__path__):
     if _mod.name != "base":
         importlib.import_module(f"{__name__}.{_mod.name}")
 
-__all__ = ["DistillLoss", "FeatureLoss", "LogitLoss", "available_losses", "build_loss", "feature_losses", "get_loss_class",
+__all__ = ["DistillLoss", "FeatureLoss", "LogitLoss", "available_losses", "build_loss", "class_free_losses", "get_loss_class",
            "parse_loss_spec", "register_loss"]

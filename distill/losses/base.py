@@ -21,7 +21,11 @@ class DistillLoss:
     """
 
     name: ClassVar[str] = ""
-    kind: ClassVar[str] = "feature"  # "feature": neck maps; "logit": Detect head outputs
+    # "feature": neck maps; "logit": Detect head outputs; "cross": the teacher head's outputs on the student's
+    # aligned Detect inputs against the teacher's own (called like a logit loss)
+    kind: ClassVar[str] = "feature"
+    # Whether the student's maps pass through the connectors to the teacher's channels (feature and cross kinds).
+    aligns_channels: ClassVar[bool] = True
     params: ClassVar[dict[str, tuple[float, str]]] = {"weight": (1.0, "loss weight")}
 
     def __init__(self, **values: float) -> None:
@@ -60,7 +64,6 @@ class FeatureLoss(DistillLoss):
     channel-free quantity (e.g. spatial attention) sets it False and gets the student's own channels."""
 
     kind = "feature"
-    aligns_channels: ClassVar[bool] = True
 
     def __call__(self, student: list[torch.Tensor], teacher: list[torch.Tensor], modules: nn.Module | None) -> torch.Tensor:
         """student, teacher: per level (B, C, H, W) fp32 -> scalar, summed over levels."""

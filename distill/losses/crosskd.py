@@ -1,0 +1,21 @@
+"""CrossKD: cross-head knowledge distillation (Wang et al., CVPR 2024)."""
+
+from __future__ import annotations
+
+from distill.losses import register_loss
+from distill.losses.kl import KLLoss
+
+
+@register_loss("crosskd")
+class CrossKDLoss(KLLoss):
+    """The student's Detect inputs, through the connectors to the teacher's channels, are run through the teacher's
+    frozen head; its class scores and boxes are matched to the teacher's own predictions with the `kl` formula
+    (binary KL on scores, LD or the decoded-box term on boxes, teacher-confidence weighted anchors). The student's
+    own head is left to the ground truth, so it is not pulled between two targets. The gradient reaches the
+    student through the connectors and the teacher head's inputs; no teacher weight changes.
+
+    Needs the Detect inputs of both models as the distilled layers (the default). The teacher may have other
+    classes than the data: only teacher-head outputs are compared."""
+
+    kind = "cross"
+    params = {**KLLoss.params, "weight": (1.0, "loss weight")}
