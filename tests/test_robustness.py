@@ -255,8 +255,11 @@ def test_teacher_forward_builds_no_graph(data_yaml, teacher_pt, project):
     trainer.model.train()
     with torch.enable_grad():
         trainer.preprocess_batch(next(iter(trainer.train_loader)))
-    feats, head = trainer.distiller._teacher_out
-    for t in [*feats, head["scores"], head["boxes"]]:
+    from distill.distiller import head_pairs
+
+    feats, raw = trainer.distiller._teacher_out
+    head = head_pairs(raw, raw)[0][1]
+    for t in [*feats, raw[0], head["scores"], head["boxes"]]:
         assert not t.requires_grad and t.grad_fn is None
     assert not any(p.requires_grad for p in trainer.distiller.teacher.parameters())
     trainer.distiller.release()
