@@ -132,7 +132,7 @@ class Distiller:
                 f"logit distillation needs the same head strides: student {student.stride.tolist()}, "
                 f"teacher {self.teacher.stride.tolist()}."
             )
-        if bool(getattr(sh, "end2end", False)) != bool(getattr(th, "end2end", False)):
+        if (getattr(sh, "one2one_cv2", None) is None) != (getattr(th, "one2one_cv2", None) is None):
             LOGGER.info("Distillation: only one model has an end-to-end (one-to-one) head branch; the logit loss "
                         "distils the dense branch they share and skips the one-to-one branch.")
         if sh.reg_max != th.reg_max:
@@ -149,6 +149,7 @@ class Distiller:
         self.factor = self.settings.factor(epoch, epochs)
         self._student = student
         if self.factor == 0:  # e.g. the distillation-free tail: the terms are 0, so the teacher need not run
+            self._student_rec.disarm()
             self._teacher_out = OFF
             return
         with torch.no_grad(), self._teacher_rec.armed([self.teacher.model[i] for i in self.teacher_layers]):
@@ -212,7 +213,8 @@ class Distiller:
 def grad_norm(value: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:
     """L2 norm of d value / d inputs over all inputs (0 where value does not depend on them); the graph is kept
     for the step's own backward, and no parameter's .grad is touched."""
-    if not value.requires_grad:
+    inputs = [x for x in inputs if x.requires_grad]  # a frozen layer's map (Ultralytics' freeze=) has none
+    if not value.requires_grad or not inputs:
         return torch.zeros((), device=value.device)
     grads = torch.autograd.grad(value, inputs, retain_graph=True, allow_unused=True)
     return torch.sqrt(sum((g.float().pow(2).sum() for g in grads if g is not None), torch.zeros((), device=value.device)))

@@ -40,6 +40,9 @@ def load_teacher(source: Any, nc: int | None = None) -> nn.Module:
         kind = type(head).__name__ if head is not None else type(model).__name__
         raise ValueError(f"teacher must be a YOLO detection model, but its head is '{kind}' "
                          f"(e.g. a classification model). Pass a detection checkpoint.")
+    if getattr(head, "cv2", True) is None:
+        raise ValueError("the teacher's head was fused for inference (its one-to-many branch removed, e.g. after "
+                         "predict(nms=False)); load the teacher from its .pt file instead of passing that object.")
     return model
 
 
@@ -56,7 +59,7 @@ def class_names(model: nn.Module) -> list[str] | None:
 
 def fingerprint(teacher: nn.Module) -> str:
     """sha1 (first 16 hex digits) of the teacher's weights and buffers as fp32 CPU bytes, in state_dict order:
-    the same weights give the same print whatever file or dtype they came in."""
+    the same weights give the same print whatever file they came in (an fp16 copy is other weights)."""
     digest = hashlib.sha1()
     for key, value in teacher.state_dict().items():
         digest.update(key.encode())

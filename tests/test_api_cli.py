@@ -115,7 +115,8 @@ def test_cli_help_lists_every_distillation_option():
     assert done.returncode == 0
     for flag in ("--teacher", "--student", "--loss", "--distill-weight", "--distill-schedule", "--distill-layers",
                  "--cwd-tau", "--mgd-alpha", "--mgd-mask-ratio", "--kl-temperature", "--mimic-weight",
-                 "--distill-balance", "--distill-balance-steps", "--pkd-weight", "--at-p", "--at-channel-beta"):
+                 "--distill-balance", "--distill-balance-steps", "--pkd-weight", "--at-p", "--at-channel-beta",
+                 "--distill-off-epochs", "--distill-balance-by", "--crosskd-weight", "--kl-decoded", "--kl-box-weight"):
         assert flag in done.stdout
 
 

@@ -60,3 +60,27 @@ def test_a_layer_without_one_feature_map_is_refused_before_training(data_yaml, t
         YOLO("yolov8n.yaml").train(data=data_yaml, Distillation="yolov9e.yaml", loss_type="cwd", distill_layers="21",
                                    distill_teacher_layers="10", project=str(project), name="tuple", **TRAIN)
     assert not project.exists() or not any(project.iterdir()), list(project.rglob("*"))
+
+
+def test_a_teacher_fused_for_end_to_end_inference_is_refused():
+    """Fusing a YOLO26 head for NMS-free inference deletes its dense branch, which distillation reads."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    from distill.teacher import load_teacher
+
+    model = DetectionModel("yolo26n.yaml", nc=3, verbose=False)
+    assert load_teacher(model) is model
+    model.model[-1].end2end = True
+    model.fuse(verbose=False)
+    with pytest.raises(ValueError, match="head was fused for inference"):
+        load_teacher(model)
+
+
+def test_gradient_probe_skips_maps_of_frozen_layers():
+    """grad_norm over the distilled maps when some come from frozen layers (Ultralytics' freeze=): only the others."""
+    from distill.distiller import grad_norm
+
+    frozen, live = torch.ones(2, 3), torch.full((2, 3), 2.0, requires_grad=True)
+    value = (live**2).sum() + frozen.sum()
+    assert float(grad_norm(value, [frozen, live])) == pytest.approx(float((2 * live).norm()))
+    assert float(grad_norm(frozen.sum(), [frozen])) == 0.0
