@@ -64,8 +64,6 @@ def test_a_layer_without_one_feature_map_is_refused_before_training(data_yaml, t
 
 def test_a_teacher_fused_for_end_to_end_inference_is_refused():
     """Fusing a YOLO26 head for NMS-free inference deletes its dense branch, which distillation reads."""
-    from ultralytics.nn.tasks import DetectionModel
-
     from distill.teacher import load_teacher
 
     model = DetectionModel("yolo26n.yaml", nc=3, verbose=False)
