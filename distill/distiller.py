@@ -33,8 +33,8 @@ def model_name(model: nn.Module) -> str:
 
 def head_pairs(student_preds: Any, teacher_preds: Any) -> list[tuple[dict, dict]]:
     """(student, teacher) raw head dicts (`boxes`, `scores`, `feats`) to distil, from train- or eval-mode Detect
-    output: the dense branch always; the one-to-one branch of end-to-end heads (YOLO26, the branch inference
-    uses) too when both models have one."""
+    output: the dense branch always; the one-to-one branch of end-to-end heads (YOLO26's NMS-free branch) too
+    when both models have one."""
     s = student_preds[1] if isinstance(student_preds, (tuple, list)) else student_preds
     t = teacher_preds[1] if isinstance(teacher_preds, (tuple, list)) else teacher_preds
     pairs = [(s.get("one2many", s), t.get("one2many", t))]
@@ -58,7 +58,7 @@ class Distiller:
         # Without a logit loss the teacher's head is never needed: stop its forward at the last hooked layer.
         self._teacher_rec = FeatureRecorder(stop_when_complete=not self.needs_logits)
         self._student_rec = FeatureRecorder()
-        self._teacher_out: tuple[list[torch.Tensor], dict | None] | None = None
+        self._teacher_out: tuple[list[torch.Tensor], Any] | None = None  # (hooked maps, raw head output or None)
         self._student: nn.Module | None = None
         self.factor = 1.0
         self.balancer = (Balancer(settings.balance, settings.balance_steps, list(self.losses), settings.balance_scales,
