@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from gain import differences, sample_sd, train_once  # noqa: I001  (gain sets sys.path and offline defaults)
+from gain import differences, sample_sd, train_once, validate  # noqa: I001  (gain sets sys.path and offline defaults)
 from common import Method, code_version, finite, git_commit, machine
 from recipes import STUDENT, TASKS, select_task
 
@@ -31,7 +31,6 @@ from distill.demo import DEMO_TEACHER, teacher_history
 
 import torch
 import ultralytics
-from ultralytics import YOLO as PlainYOLO
 
 CONVERGED_BELOW = 0.05  # relative mAP50-95 gain of 2E over E
 
@@ -138,8 +137,7 @@ def teacher_run(task, epochs: int, device: str | None) -> dict:
     """The task's teacher trained for `epochs` (or found in the cache), as a run row: its final mAPs on the val
     split, and the curve and wall seconds recorded when it was trained."""
     path = replace(task, teacher_epochs=epochs).teacher(device)
-    metrics = PlainYOLO(str(path)).val(data=str(task.data()), imgsz=task.recipe["imgsz"], batch=task.recipe["batch"],
-                                       plots=False, verbose=False, **({"device": device} if device else {}))
+    metrics = validate(path, task, device)
     history = teacher_history(path)
     return {"seed": task.recipe["seed"], "epochs": epochs, "map50_95": float(metrics.box.map),
             "map50": float(metrics.box.map50), "seconds": history.get("seconds"), "curve": history.get("curve", []),

@@ -54,6 +54,12 @@ def train_once(method, task, teacher: Path | None, seed: int, project: str, devi
             "params": effective_params(yolo.trainer)}
 
 
+def validate(weights: Path, task, device: str | None):
+    """Ultralytics' metrics of the checkpoint `weights` on the task's val split, at the task's image and batch size."""
+    return PlainYOLO(str(weights)).val(data=str(task.data()), imgsz=task.recipe["imgsz"], batch=task.recipe["batch"],
+                                       plots=False, verbose=False, **({"device": device} if device else {}))
+
+
 def effective_params(trainer) -> dict:
     """The distillation hyperparameters a run used, defaults included (they may change between versions)."""
     if hasattr(trainer, "distiller"):
@@ -232,9 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(a.out or f"benchmarks/results/gain{'' if task.name == 'full' else '_' + task.name}")
     methods = parse_methods(a.methods)
     teacher = task.teacher(a.device)
-    tmeta = PlainYOLO(str(teacher)).val(data=str(task.data()), imgsz=task.recipe["imgsz"], batch=task.recipe["batch"],
-                                        plots=False, verbose=False, **({"device": a.device} if a.device else {}))
-    teacher_map = float(tmeta.box.map)
+    teacher_map = float(validate(teacher, task, a.device).box.map)
     n_train, n_val = task.split_sizes()
     meta = {"task": task.name, "student": STUDENT, "teacher": str(teacher), "teacher_map50_95": teacher_map,
             "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"], "epochs": task.student_epochs,

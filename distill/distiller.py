@@ -31,12 +31,16 @@ def model_name(model: nn.Module) -> str:
     return str(name or type(model).__name__)
 
 
+def raw_head(preds: Any) -> dict:
+    """The raw head dict of train-mode output (itself) or eval-mode output ((decoded, raw))."""
+    return preds[1] if isinstance(preds, (tuple, list)) else preds
+
+
 def head_pairs(student_preds: Any, teacher_preds: Any) -> list[tuple[dict, dict]]:
     """(student, teacher) raw head dicts (`boxes`, `scores`, `feats`) to distil, from train- or eval-mode Detect
     output: the dense branch always; the one-to-one branch of end-to-end heads (YOLO26's NMS-free branch) too
     when both models have one."""
-    s = student_preds[1] if isinstance(student_preds, (tuple, list)) else student_preds
-    t = teacher_preds[1] if isinstance(teacher_preds, (tuple, list)) else teacher_preds
+    s, t = raw_head(student_preds), raw_head(teacher_preds)
     pairs = [(s.get("one2many", s), t.get("one2many", t))]
     if "one2one" in s and "one2one" in t:
         pairs.append((s["one2one"], t["one2one"]))
@@ -192,7 +196,8 @@ class Distiller:
                     value = loss(aligned if loss.aligns_channels else own, t32, modules[name] if name in modules else None)
                 elif loss.kind == "cross":  # the teacher's head on the student's aligned maps, against its own output
                     head = self.teacher.model[-1]
-                    value = loss(head.forward_head(aligned, **head.one2many), head_pairs(t_head, t_head)[0][1])
+                    own_out = raw_head(t_head)
+                    value = loss(head.forward_head(aligned, **head.one2many), own_out.get("one2many", own_out))
                 else:
                     value = sum(loss(s, t) for s, t in head_pairs(preds, t_head))  # end-to-end: both branches
                 raws.append(value)
