@@ -32,6 +32,7 @@ from ultralytics import YOLO as PlainYOLO
 
 from distill import YOLO
 from distill.compare import map_curve, results_columns
+from distill.trainer import PlainDetectionTrainer
 
 DEFAULT_METHODS = "baseline;cwd;mgd;mimic;kl;cwd+kl;builtin"
 
@@ -46,7 +47,8 @@ def train_once(method, task, teacher: Path | None, seed: int, project: str, devi
               "exist_ok": True, "verbose": False, **({"device": device} if device else {})}
     yolo = (PlainYOLO if method.kind == "builtin" else YOLO)(model)
     t0 = time.time()
-    yolo.train(data=str(task.data()), **kwargs, **method.train_kwargs(teacher))
+    plain = {"trainer": PlainDetectionTrainer} if method.kind == "builtin" else {}  # Ultralytics' own, AMP check offline
+    yolo.train(data=str(task.data()), **kwargs, **plain, **method.train_kwargs(teacher))
     run = Path(yolo.trainer.save_dir)
     return {"seed": seed, "epochs": epochs, "map50_95": float(yolo.metrics.box.map),
             "map50": float(yolo.metrics.box.map50), "seconds": round(time.time() - t0, 1),

@@ -42,14 +42,12 @@ def _sync(device: torch.device) -> None:
 
 def build(method: Method, teacher: str, data: str, imgsz: int, batch: int, device: str, project: str):
     """A set-up trainer for `method`, ready to step."""
-    from ultralytics.models.yolo.detect import DetectionTrainer
-
-    from distill import DistillationTrainer
+    from distill.trainer import DistillationTrainer, PlainDetectionTrainer
 
     overrides = dict(model=STUDENT, data=data, imgsz=imgsz, batch=batch, epochs=1, workers=0, plots=False, seed=0,
                      deterministic=True, project=project, name=method.spec.replace(":", "_"), device=device,
                      verbose=False, **method.train_kwargs(Path(teacher)))
-    trainer = (DistillationTrainer if method.kind == "distill" else DetectionTrainer)(overrides=overrides)
+    trainer = (DistillationTrainer if method.kind == "distill" else PlainDetectionTrainer)(overrides=overrides)
     trainer._setup_train()
     trainer.model.train()
     return trainer

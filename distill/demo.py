@@ -15,6 +15,7 @@ from ultralytics import YOLO as _PlainYOLO
 from distill._offline import CACHE_DIR
 from distill.compare import map_curve
 from distill.synthetic import SyntheticSpec, synthetic_dataset
+from distill.trainer import PlainDetectionTrainer
 
 DEMO_SPEC = SyntheticSpec(n_train=256, n_val=64, imgsz=160, seed=0)
 DEMO_TEACHER = "yolov8s.yaml"
@@ -38,7 +39,8 @@ def cached_teacher(cfg: str, data: str | Path, epochs: int, **train_args) -> Pat
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         model = _PlainYOLO(cfg)
         t0 = time.time()
-        model.train(data=str(data), epochs=epochs, project=tmp, name="teacher", plots=False, exist_ok=True, **train_args)
+        model.train(data=str(data), epochs=epochs, project=tmp, name="teacher", plots=False, exist_ok=True,
+                    trainer=PlainDetectionTrainer, **train_args)
         run = Path(tmp) / "teacher"
         # How it was trained, beside it: wall seconds and the mAP50-95 curve (what a plateau is judged from).
         history = {"seconds": round(time.time() - t0, 1), "curve": [round(v, 5) for v in map_curve(run)]}

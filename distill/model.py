@@ -8,7 +8,7 @@ from typing import Any
 from ultralytics import YOLO as _UltralyticsYOLO
 
 from distill.checkpoints import read_checkpoint
-from distill.trainer import DistillationTrainer, distill_arg_keys
+from distill.trainer import DistillationTrainer, PlainDetectionTrainer, distill_arg_keys
 
 
 class YOLO(_UltralyticsYOLO):
@@ -27,4 +27,6 @@ class YOLO(_UltralyticsYOLO):
                 trainer = DistillationTrainer
             elif given := sorted(k for k in kwargs if k in distill_arg_keys() and k != "Distillation"):
                 raise ValueError(f"{', '.join(given)} need(s) a teacher: pass Distillation=<teacher> as well.")
+            elif self.task == "detect":
+                trainer = PlainDetectionTrainer
         return super().train(trainer=trainer, **kwargs)

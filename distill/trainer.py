@@ -15,6 +15,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, YAML
 from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
 
+from distill.amp_check import OfflineAMPCheck
 from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings
 from distill.distiller import MODULES_ATTR, Distiller
 from distill.losses import class_free_losses, get_loss_class
@@ -22,7 +23,11 @@ from distill.teacher import (atomic_save, class_names, fingerprint, freeze, load
                              save_teacher, teacher_save_path)
 
 
-class DistillationTrainer(DetectionTrainer):
+class PlainDetectionTrainer(OfflineAMPCheck, DetectionTrainer):
+    """Ultralytics' DetectionTrainer, except that offline its AMP check never reaches for the network."""
+
+
+class DistillationTrainer(OfflineAMPCheck, DetectionTrainer):
     """Trains the student with the detection loss plus distillation terms from a frozen teacher.
 
     The teacher is held here, never inside the student: Ultralytics' freeze loop, EMA and

@@ -27,9 +27,12 @@ def teacher_pt(tmp_path_factory, data_yaml) -> str:
     """A yolov8s checkpoint trained for one epoch on the tiny data (same classes as the student)."""
     from ultralytics import YOLO
 
+    from distill.trainer import PlainDetectionTrainer
+
     project = tmp_path_factory.mktemp("teacher")
     model = YOLO("yolov8s.yaml")
-    model.train(data=data_yaml, project=str(project), name="t", **TRAIN)
+    # Ultralytics' own trainer, but with the offline AMP check: on a GPU its check would try to fetch yolo26n.pt.
+    model.train(data=data_yaml, project=str(project), name="t", trainer=PlainDetectionTrainer, **TRAIN)
     return str(project / "t" / "weights" / "last.pt")
 
 
@@ -80,13 +83,13 @@ def teacher_stays_frozen(monkeypatch):
 
     def checked(self):
         teacher = self.distiller.teacher
-        before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
+        before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}  # on the CPU: moved in _setup_train
         try:
             return original(self)
         finally:
             after = teacher.state_dict()
             assert before.keys() == after.keys()
-            assert all(torch.equal(v, after[k]) for k, v in before.items()), "teacher weights or buffers changed"
+            assert all(torch.equal(v.to(after[k].device), after[k]) for k, v in before.items()), "teacher weights or buffers changed"
             assert not any(m.training for m in teacher.modules()), "teacher left eval mode"
             assert not any(p.requires_grad for p in teacher.parameters()), "teacher parameters require grad"
             ids = {id(p) for p in teacher.parameters()}
