@@ -15,6 +15,7 @@ from torch import nn
 from ultralytics.utils import LOGGER
 
 from distill.balance import Balancer
+from distill.classmap import ClassMap
 from distill.config import DistillSettings
 from distill.connectors import align, build_connectors
 from distill.features import FeatureRecorder, detect_inputs, pair_layers, probe_shapes
@@ -50,8 +51,9 @@ def head_pairs(student_preds: Any, teacher_preds: Any) -> list[tuple[dict, dict]
 class Distiller:
     """Owns the frozen teacher, the hooks and the losses; the trainable parts live in the student."""
 
-    def __init__(self, teacher: nn.Module, settings: DistillSettings) -> None:
+    def __init__(self, teacher: nn.Module, settings: DistillSettings, class_map: ClassMap | None = None) -> None:
         self.teacher = teacher
+        self.class_map = class_map  # logit losses: the teacher's score rows for the dataset's classes, by name
         self.settings = settings
         self.losses = {name: build_loss(name, settings.loss_params.get(name)) for name in settings.losses}
         kinds = {loss.kind for loss in self.losses.values()}
@@ -126,7 +128,7 @@ class Distiller:
 
     def _check_heads(self, student: nn.Module) -> None:
         sh, th = student.model[-1], self.teacher.model[-1]
-        if sh.nc != th.nc:
+        if self.class_map is None and sh.nc != th.nc:
             raise ValueError(
                 f"logit distillation needs the same classes, but the student has {sh.nc} and the teacher {th.nc}. "
                 f"Use a teacher trained on this dataset, or a loss that needs no shared classes ({', '.join(class_free_losses())})."
@@ -199,7 +201,10 @@ class Distiller:
                     own_out = raw_head(t_head)
                     value = loss(head.forward_head(aligned, **head.one2many), own_out.get("one2many", own_out))
                 else:
-                    value = sum(loss(s, t) for s, t in head_pairs(preds, t_head))  # end-to-end: both branches
+                    pairs = head_pairs(preds, t_head)  # end-to-end heads: both branches
+                    if self.class_map is not None:
+                        pairs = [self.class_map.select(s, t) for s, t in pairs]
+                    value = sum(loss(s, t) for s, t in pairs)
                 raws.append(value)
                 weight = loss.weight if self.balancer is None else self.balancer.scale(name)
                 value = value * (weight * self.settings.weight * self.factor)

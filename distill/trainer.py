@@ -16,6 +16,7 @@ from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, YAML
 from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
 
 from distill.amp_check import OfflineAMPCheck
+from distill.classmap import ClassMap, match_classes
 from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings
 from distill.distiller import MODULES_ATTR, Distiller
 from distill.losses import class_free_losses, get_loss_class
@@ -56,6 +57,7 @@ class DistillationTrainer(OfflineAMPCheck, DetectionTrainer):
                 self.args.Distillation = settings.teacher = str(path)
             if RANK in {-1, 0}:
                 YAML.save(self.save_dir / "args.yaml", vars(self.args))
+            cmap = class_map(teacher, dataset_names(self.data), settings)  # resume: checked here, not in preflight
         except Exception:
             self._discard_run()
             raise
@@ -63,7 +65,7 @@ class DistillationTrainer(OfflineAMPCheck, DetectionTrainer):
             LOGGER.warning("Distillation: 'compile' is disabled because feature hooks need eager mode.")
             self.args.compile = False
         # On the CPU until _setup_train: a DDP worker learns its own GPU only there (_setup_ddp).
-        self.distiller = Distiller(freeze(teacher), settings)
+        self.distiller = Distiller(freeze(teacher), settings, cmap)
 
     def _setup_train(self):
         """Ultralytics' set-up, with the teacher first moved to this rank's device (final by now)."""
@@ -170,6 +172,8 @@ class DistillationTrainer(OfflineAMPCheck, DetectionTrainer):
             "balance_scales": dict(s.balance_scales) if s.balance_scales else None,
             "student_layers": list(self.distiller.student_layers),
             "teacher_layers": list(self.distiller.teacher_layers),
+            # logit losses: dataset class index -> the teacher class index whose score taught it (None: the same)
+            "class_map": dict(zip(cmap.student, cmap.teacher)) if (cmap := self.distiller.class_map) else None,
         }
 
 
@@ -203,28 +207,63 @@ def preflight(cfg: Any, overrides: dict, teacher: nn.Module | None) -> nn.Module
     if teacher is None:
         teacher = load_teacher(settings.teacher, nc=data["nc"] if data else None)
     if data is not None:
-        check_classes(teacher, [str(data["names"][i]) for i in sorted(data["names"])], settings)
+        check_classes(teacher, dataset_names(data), settings)
     if Path(str(settings.teacher)).suffix in {".yaml", ".yml"}:
         LOGGER.warning(f"Distillation: the teacher is built from {settings.teacher}, so its weights are random: it "
                        "teaches nothing (only useful to test a set-up). Pass a trained .pt checkpoint.")
     return teacher
 
 
+def dataset_names(data: dict) -> list[str]:
+    """Class names of an Ultralytics dataset dict, in index order."""
+    return [str(data["names"][i]) for i in sorted(data["names"])]
+
+
+def _logit_losses(settings: DistillSettings) -> list[str]:
+    return [n for n in settings.losses if get_loss_class(n).kind == "logit"]
+
+
+def _same_classes(teacher: nn.Module, names: list[str]) -> bool:
+    t_names = class_names(teacher)
+    return teacher.model[-1].nc == len(names) and (t_names is None or t_names == names)  # unnamed: trust the order
+
+
+def class_map(teacher: nn.Module, names: list[str], settings: DistillSettings) -> ClassMap | None:
+    """Which teacher class scores the logit losses compare with which of the dataset's: None for the same classes
+    (or no logit loss), else a match by name. ValueError (with the fix) when a logit loss has nothing to compare."""
+    if _same_classes(teacher, names) or not (logit := _logit_losses(settings)):
+        return None
+    try:
+        return match_classes(names, class_names(teacher))
+    except ValueError as e:
+        raise ValueError(f"{_differ(teacher, names)}, and {e}; the logit loss '{'+'.join(logit)}' needs classes it "
+                         "can match by name. Use a teacher trained on these classes, or only losses that need no "
+                         f"shared classes ({', '.join(class_free_losses())}).") from None
+
+
 def check_classes(teacher: nn.Module, names: list[str], settings: DistillSettings) -> None:
-    """Logit losses compare class scores one to one: a different class list is an error for them, a warning otherwise."""
-    t_names, t_nc = class_names(teacher), teacher.model[-1].nc
-    if t_nc == len(names) and (t_names is None or t_names == names):
+    """Before training: fail when a logit loss cannot match the teacher's classes, else say what is distilled."""
+    if _same_classes(teacher, names):
         return
+    cmap = class_map(teacher, names, settings)
+    if cmap is None:  # feature losses only
+        LOGGER.warning(f"Distillation: {_differ(teacher, names)}; feature losses proceed.")
+        return
+    LOGGER.info(f"Distillation: {_differ(teacher, names)}; class scores are distilled by name: "
+                f"{cmap.describe(names, class_names(teacher))}.")
+    if cmap.missing:
+        LOGGER.warning(f"Distillation: the teacher has no class named {', '.join(cmap.missing)}: those classes get no "
+                       "class-score signal from it (boxes and features are still distilled).")
+
+
+def _differ(teacher: nn.Module, names: list[str]) -> str:
+    t_names, t_nc = class_names(teacher), teacher.model[-1].nc
 
     def show(seq):
         return ", ".join(seq[:6]) + (", ..." if len(seq) > 6 else "")
 
-    msg = f"the teacher's classes ({t_nc}: {show(t_names) if t_names else 'unnamed'}) differ from the dataset's ({len(names)}: {show(names)})"
-    logit = [n for n in settings.losses if get_loss_class(n).kind == "logit"]
-    if logit:
-        raise ValueError(f"{msg}; the logit loss '{'+'.join(logit)}' needs the same classes. Use a teacher trained "
-                         f"on these classes, or only losses that need no shared classes ({', '.join(class_free_losses())}).")
-    LOGGER.warning(f"Distillation: {msg}; feature losses proceed.")
+    return (f"the teacher's classes ({t_nc}: {show(t_names) if t_names else 'unnamed'}) differ from the dataset's "
+            f"({len(names)}: {show(names)})")
 
 
 def distill_arg_keys() -> set[str]:
