@@ -225,6 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--imgsz", type=int, default=None, help="with --data: image size (default: the recipe's)")
     p.add_argument("--epochs", type=int, default=None, help="with --data: student epochs (default: the recipe's)")
     p.add_argument("--teacher-epochs", type=int, default=None, help="with --data: teacher epochs (default: the recipe's)")
+    p.add_argument("--teacher", default=None, help="a trained teacher checkpoint (.pt) instead of the recipe's cached "
+                   "yolov8s: your own, a pre-trained one, or one trained elsewhere (e.g. on a GPU)")
     p.add_argument("--equal-time", action="store_true",
                    help="also train, per seed and method, a baseline given the method's wall time (its epochs times "
                    "the measured time ratio) and report the paired difference to it")
@@ -237,9 +239,12 @@ def main(argv: list[str] | None = None) -> dict:
                            teacher_epochs=a.teacher_epochs)
     except ValueError as e:
         p.error(str(e))
+    if a.teacher is not None and (a.teacher_epochs is not None or not Path(a.teacher).is_file()):
+        p.error(f"--teacher {a.teacher}: " + ("it replaces the trained teacher, so --teacher-epochs has no effect."
+                                              if a.teacher_epochs is not None else "no such file."))
     out = Path(a.out or f"benchmarks/results/gain{'' if task.name == 'full' else '_' + task.name}")
     methods = parse_methods(a.methods)
-    teacher = task.teacher(a.device)
+    teacher = Path(a.teacher).resolve() if a.teacher else task.teacher(a.device)
     teacher_map = float(validate(teacher, task, a.device).box.map)
     n_train, n_val = task.split_sizes()
     meta = {"task": task.name, "student": STUDENT, "teacher": str(teacher), "teacher_map50_95": teacher_map,

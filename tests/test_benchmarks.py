@@ -9,6 +9,7 @@ import re
 import statistics
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -200,6 +201,20 @@ def test_gain_on_a_users_data_yaml(tmp_path, data_yaml):
     assert params["cwd+kl"]["kl"]["weight"] == 0.5 and params["cwd+kl"]["cwd"]["tau"] == 1.0
     done = _run("gain.py", "--imgsz", "64", rc=2)
     assert "go with --data" in done.stderr
+
+
+def test_gain_with_a_given_teacher(tmp_path, data_yaml, teacher_pt):
+    """--teacher: that checkpoint teaches and is recorded; no teacher is trained."""
+    out = tmp_path / "given"
+    _run("gain.py", "--data", data_yaml, "--task", "quick", "--teacher", teacher_pt, "--epochs", "1", "--seeds", "1",
+         "--methods", "baseline;kl", "--out", str(out), env={"DISTILL_CACHE_DIR": str(tmp_path / "cache")})
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["meta"]["teacher"] == str(Path(teacher_pt).resolve())
+    assert 0 <= result["meta"]["teacher_map50_95"] <= 1
+    assert result["methods"]["kl"]["runs"][0]["train_losses"]["kl_loss"][0] > 0
+    assert not (tmp_path / "cache" / "teachers").exists()
+    done = _run("gain.py", "--data", data_yaml, "--teacher", str(tmp_path / "gone.pt"), rc=2)
+    assert "--teacher" in done.stderr and "no such file" in done.stderr
 
 
 def test_overhead_quick(tmp_path):
