@@ -154,10 +154,12 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
         return report(model, str(model.trainer.args.Distillation))
     demo = "data" not in args
     if demo:
-        args["data"] = str(demo_data())
         for key, value in {**DEMO_RECIPE, "epochs": DEMO_STUDENT_EPOCHS}.items():
             args.setdefault(key, value)
     teacher = ns.teacher or args.pop("Distillation", None)  # a preset may name the teacher
+    check_args(args)  # before the demo's data and teacher are made (minutes on a CPU), not after
+    if demo:
+        args["data"] = str(demo_data())
     if teacher is None:
         if not demo:
             raise ValueError("--teacher is required with --data (the default teacher exists only for the synthetic demo).")
@@ -177,6 +179,15 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
     if ns.compare:
         compare_with_baseline(student_path, teacher, args, Path(student.trainer.save_dir))
     return code
+
+
+def check_args(args: dict[str, Any]) -> None:
+    """ValueError/TypeError for train arguments Ultralytics or the distillation settings would refuse later."""
+    from ultralytics.cfg import get_cfg
+
+    from distill.config import DistillSettings
+
+    DistillSettings.from_args(get_cfg(overrides=args))
 
 
 # The demo's run is short enough for a first try on 2 CPU cores, too short to show what distillation is

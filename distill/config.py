@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT
+from distill.losses import available_losses, get_loss_class, parse_loss_spec
+from distill.train_args import register_key
 
 # Marker stored in args while an in-memory teacher waits to be written into the run folder.
 IN_MEMORY_TEACHER = "<in-memory teacher>"
@@ -47,13 +48,6 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
                                "Detect inputs, position for position; other layers keep their index where both "
                                "models share a layout"),
 }
-
-
-def register_key(key: str, default: Any) -> None:
-    """Make `key` a valid Ultralytics train argument with `default` (idempotent)."""
-    if key not in DEFAULT_CFG_DICT:
-        DEFAULT_CFG_DICT[key] = default
-        setattr(DEFAULT_CFG, key, default)
 
 
 for _key, (_default, _help) in CORE_KEYS.items():
@@ -97,8 +91,6 @@ class DistillSettings:
     @classmethod
     def from_args(cls, args: Any) -> "DistillSettings":
         """Read and validate settings from an Ultralytics args namespace; raises ValueError with a fix."""
-        from distill.losses import available_losses, get_loss_class, parse_loss_spec
-
         get = (lambda k: args.get(k)) if isinstance(args, dict) else (lambda k: getattr(args, k, None))
         losses = parse_loss_spec(get("loss_type") or CORE_KEYS["loss_type"][0])
         params = {name: get_loss_class(name).read_params(get) for name in losses}

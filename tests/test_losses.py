@@ -324,3 +324,20 @@ def test_weight_schedules(schedule, factors):
     assert [round(s.factor(e, 3), 6) for e in range(3)] == pytest.approx(factors)
     if schedule == "cosine":
         assert s.factor(1, 5) > DistillSettings.from_args({"distill_schedule": "linear"}).factor(1, 5)
+
+
+def test_the_loss_registry_does_not_import_the_settings():
+    """distill.config reads the registry; the registry must not import distill.config back (an import cycle)."""
+    import ast
+
+    from conftest import ROOT
+
+    for path in sorted((ROOT / "distill" / "losses").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n == "distill.config" or n.startswith("distill.config.") for n in names), path.name

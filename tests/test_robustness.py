@@ -343,6 +343,18 @@ def test_bad_input_fails_before_training(case, message, data_yaml, teacher_pt, c
     _assert_clean_failure(_cli(*base, *args, cwd=tmp_path), message, project)
 
 
+@pytest.mark.parametrize(("flags", "message"), [(["--loss", "bogus"], "unknown distillation loss 'bogus'"),
+                                               (["--kl-temperature", "0"], "kl_temperature must be > 0")])
+def test_the_demo_checks_its_arguments_before_making_data_or_a_teacher(flags, message, tmp_path, monkeypatch):
+    """No --data: the demo would generate its dataset and train its teacher (minutes) before a bad flag surfaced."""
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    project = str(tmp_path / "runs")
+    done = _cli(*flags, "--project", project, cwd=tmp_path)
+    _assert_clean_failure(done, message, project)
+    assert "Preparing the demo teacher" not in done.stdout
+    assert not (tmp_path / "cache").exists()
+
+
 def test_feature_losses_proceed_with_a_warning_on_other_classes(renamed_data, teacher_pt, project, monkeypatch):
     import distill.trainer
 

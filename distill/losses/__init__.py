@@ -18,7 +18,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from distill.config import register_key
+from distill.train_args import register_key
 from distill.losses.base import DistillLoss, FeatureLoss, LogitLoss
 
 _REGISTRY: dict[str, type[DistillLoss]] = {}
