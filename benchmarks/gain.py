@@ -212,6 +212,22 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def given_teacher_problem(path: str, task, teacher_epochs: int | None) -> str | None:
+    """Why a --teacher checkpoint cannot stand in for the recipe's teacher, or None."""
+    from distill.classmap import dataset_names, same_classes
+    from distill.teacher import load_teacher
+
+    if teacher_epochs is not None:
+        return "it replaces the trained teacher, so --teacher-epochs has no effect."
+    if Path(path).suffix != ".pt" or not Path(path).is_file():
+        return "not a .pt checkpoint on disk."
+    from ultralytics.data.utils import check_det_dataset
+
+    if not same_classes(load_teacher(path), dataset_names(check_det_dataset(str(task.data())))):
+        return "its classes differ from the dataset's, so its mAP (and the gap closed) would mean nothing here."
+    return None
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="short", choices=list(TASKS), help="the recipe (benchmarks/recipes.py)")
@@ -239,10 +255,12 @@ def main(argv: list[str] | None = None) -> dict:
                            teacher_epochs=a.teacher_epochs)
     except ValueError as e:
         p.error(str(e))
-    if a.teacher is not None and (a.teacher_epochs is not None or not Path(a.teacher).is_file()):
-        p.error(f"--teacher {a.teacher}: " + ("it replaces the trained teacher, so --teacher-epochs has no effect."
-                                              if a.teacher_epochs is not None else "no such file."))
-    out = Path(a.out or f"benchmarks/results/gain{'' if task.name == 'full' else '_' + task.name}")
+    if a.teacher is not None:
+        if problem := given_teacher_problem(a.teacher, task, a.teacher_epochs):
+            p.error(f"--teacher {a.teacher}: {problem}")
+    # A given teacher's results never overwrite the recipe's own.
+    suffix = f"_teacher-{Path(a.teacher).stem}" if a.teacher and not a.out else ""
+    out = Path(a.out or f"benchmarks/results/gain{'' if task.name == 'full' else '_' + task.name}{suffix}")
     methods = parse_methods(a.methods)
     teacher = Path(a.teacher).resolve() if a.teacher else task.teacher(a.device)
     teacher_map = float(validate(teacher, task, a.device).box.map)

@@ -11,6 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+from ultralytics.utils import LOGGER
+
+from distill.config import DistillSettings
+from distill.losses import class_free_losses, get_loss_class
+from distill.teacher import class_names
 
 
 @dataclass(frozen=True)
@@ -25,6 +31,10 @@ class ClassMap:
         pairs = [f"{names[s]}<-{teacher_names[t]}({t})" for s, t in zip(self.student, self.teacher)]
         return ", ".join(pairs[:8]) + (f", ... ({len(pairs)} in all)" if len(pairs) > 8 else "")
 
+    def unmatched(self, teacher_names: list[str]) -> list[str]:
+        """Teacher classes no dataset class is matched to (what a user could rename a dataset class to)."""
+        return [n for i, n in enumerate(teacher_names) if i not in self.teacher]
+
     def select(self, student: dict, teacher: dict) -> tuple[dict, dict]:
         """Raw head dicts with `scores` (B, nc, A) cut to the matched classes, in the dataset's order."""
         s_idx = torch.tensor(self.student, device=student["scores"].device)
@@ -34,7 +44,7 @@ class ClassMap:
 
 
 def _key(name: str) -> str:
-    return " ".join(str(name).split()).casefold()  # 'Traffic  Light' == 'traffic light'
+    return " ".join(str(name).replace("_", " ").replace("-", " ").split()).casefold()  # 'Traffic_Light' == 'traffic light'
 
 
 def match_classes(names: list[str], teacher_names: list[str] | None) -> ClassMap | None:
@@ -53,3 +63,59 @@ def match_classes(names: list[str], teacher_names: list[str] | None) -> ClassMap
         raise ValueError("the teacher shares no class name with the dataset")
     missing = tuple(n for n in names if _key(n) not in index)
     return ClassMap(tuple(s for s, _ in pairs), tuple(t for _, t in pairs), missing)
+
+
+def dataset_names(data: dict) -> list[str]:
+    """Class names of an Ultralytics dataset dict, in index order."""
+    return [str(data["names"][i]) for i in sorted(data["names"])]
+
+
+def _logit_losses(settings: DistillSettings) -> list[str]:
+    return [n for n in settings.losses if get_loss_class(n).kind == "logit"]
+
+
+def same_classes(teacher: nn.Module, names: list[str]) -> bool:
+    """Whether the teacher predicts exactly the dataset's classes, in its order (its mAP on the dataset means
+    something only then)."""
+    t_names = class_names(teacher)
+    return teacher.model[-1].nc == len(names) and (t_names is None or t_names == names)  # unnamed: trust the order
+
+
+def class_map(teacher: nn.Module, names: list[str], settings: DistillSettings) -> ClassMap | None:
+    """Which teacher class scores the logit losses compare with which of the dataset's: None for the same classes
+    (or no logit loss), else a match by name. ValueError (with the fix) when a logit loss has nothing to compare."""
+    if same_classes(teacher, names) or not (logit := _logit_losses(settings)):
+        return None
+    try:
+        return match_classes(names, class_names(teacher))
+    except ValueError as e:
+        raise ValueError(f"{_differ(teacher, names)}, and {e}; the logit loss '{'+'.join(logit)}' needs classes it "
+                         "can match by name. Use a teacher trained on these classes, or only losses that need no "
+                         f"shared classes ({', '.join(class_free_losses())}).") from None
+
+
+def check_classes(teacher: nn.Module, names: list[str], settings: DistillSettings) -> None:
+    """Before training: fail when a logit loss cannot match the teacher's classes, else say what is distilled."""
+    if same_classes(teacher, names):
+        return
+    cmap = class_map(teacher, names, settings)
+    if cmap is None:  # feature losses only
+        LOGGER.warning(f"Distillation: {_differ(teacher, names)}; feature losses proceed.")
+        return
+    LOGGER.info(f"Distillation: {_differ(teacher, names)}; class scores are distilled by name: "
+                f"{cmap.describe(names, class_names(teacher))}.")
+    if cmap.missing:
+        LOGGER.warning(f"Distillation: the teacher has no class named {', '.join(cmap.missing)}: those classes get no "
+                       "class-score signal from it and little box signal (anchors are weighted by the teacher's "
+                       "confidence in the matched classes); feature losses, if any, are unaffected. Its unmatched "
+                       f"classes: {', '.join(cmap.unmatched(class_names(teacher))[:12])}.")
+
+
+def _differ(teacher: nn.Module, names: list[str]) -> str:
+    t_names, t_nc = class_names(teacher), teacher.model[-1].nc
+
+    def show(seq):
+        return ", ".join(seq[:6]) + (", ..." if len(seq) > 6 else "")
+
+    return (f"the teacher's classes ({t_nc}: {show(t_names) if t_names else 'unnamed'}) differ from the dataset's "
+            f"({len(names)}: {show(names)})")

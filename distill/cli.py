@@ -151,7 +151,7 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
         read_checkpoint(ns.resume, "resume")
         model = YOLO(ns.resume)
         model.train(resume=True, **{k: v for k, v in args.items() if k in {"device", "batch", "workers"}})
-        return report(model, str(model.trainer.args.Distillation))
+        return report(model, str(model.trainer.args.Distillation), teacher_is_scored(model.trainer))
     demo = "data" not in args
     if demo:
         for key, value in {**DEMO_RECIPE, "epochs": DEMO_STUDENT_EPOCHS}.items():
@@ -173,11 +173,12 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
     args["Distillation"] = teacher
     student.train(**args)
     teacher = str(student.trainer.args.Distillation)  # the file that taught (a .yaml or object was written to one)
-    code = report(student, teacher)
+    scored = teacher_is_scored(student.trainer)
+    code = report(student, teacher, scored)
     if demo and args["epochs"] == DEMO_STUDENT_EPOCHS:
         print(DEMO_CAVEAT)
     if ns.compare:
-        compare_with_baseline(student_path, teacher, args, Path(student.trainer.save_dir))
+        compare_with_baseline(student_path, teacher, args, Path(student.trainer.save_dir), scored)
     return code
 
 
@@ -199,7 +200,16 @@ DEMO_CAVEAT = (
     "To measure the gain on your own data: add --compare (trains the same student without the teacher).")
 
 
-def compare_with_baseline(student_path: str, teacher: str, args: dict[str, Any], distilled_run: Path) -> None:
+def teacher_is_scored(trainer: Any) -> bool:
+    """Whether the teacher's mAP on the dataset means anything: only when it predicts the dataset's classes (a teacher
+    matched by name, or used for features only, would be scored by class index against other classes)."""
+    from distill.classmap import dataset_names, same_classes
+
+    return same_classes(trainer.distiller.teacher, dataset_names(trainer.data))
+
+
+def compare_with_baseline(student_path: str, teacher: str, args: dict[str, Any], distilled_run: Path,
+                          teacher_scored: bool = True) -> None:
     """Train the same student without the teacher, same recipe, then report both side by side."""
     from distill.compare import compare, format_report
     from distill.model import YOLO
@@ -211,24 +221,27 @@ def compare_with_baseline(student_path: str, teacher: str, args: dict[str, Any],
     baseline.train(**plain)
     trainer = baseline.trainer
     result = compare(teacher, Path(trainer.save_dir), distilled_run, str(trainer.args.data), trainer.args.imgsz,
-                     trainer.args.batch, trainer.args.device)
+                     trainer.args.batch, trainer.args.device, teacher_scored)
     print(f"\nComparison (also in {distilled_run / 'compare.md'}):\n" + format_report(result))
 
 
-def report(student: Any, teacher: str) -> int:
+def report(student: Any, teacher: str, teacher_scored: bool = True) -> int:
     """Print teacher and student mAP50-95 (same data, image size and device) and where the student checkpoint is."""
     from ultralytics import YOLO as PlainYOLO
 
     trainer = student.trainer
     best = Path(trainer.best if trainer.best.exists() else trainer.last)
     s_map = float(student.metrics.box.map) if getattr(student, "metrics", None) is not None else float("nan")
-    t0 = time.time()
-    metrics = PlainYOLO(teacher).val(
-        data=trainer.args.data, imgsz=trainer.args.imgsz, batch=trainer.args.batch, device=trainer.args.device,
-        plots=False, verbose=False, project=str(trainer.save_dir), name="teacher_val", exist_ok=True,
-    )
     lines = ["", "Distillation finished."]
-    lines.append(f"  teacher mAP50-95: {metrics.box.map:.4f}  ({teacher}, validated in {time.time() - t0:.1f}s)")
+    if teacher_scored:
+        t0 = time.time()
+        metrics = PlainYOLO(teacher).val(
+            data=trainer.args.data, imgsz=trainer.args.imgsz, batch=trainer.args.batch, device=trainer.args.device,
+            plots=False, verbose=False, project=str(trainer.save_dir), name="teacher_val", exist_ok=True,
+        )
+        lines.append(f"  teacher mAP50-95: {metrics.box.map:.4f}  ({teacher}, validated in {time.time() - t0:.1f}s)")
+    else:
+        lines.append(f"  teacher mAP50-95: n/a  ({teacher}: its classes differ from the dataset's)")
     lines += [f"  student mAP50-95: {s_map:.4f}", f"  student checkpoint: {best}"]
     print("\n".join(lines))
     return 0

@@ -12,13 +12,17 @@ from pathlib import Path
 from typing import Any
 
 
-def model_card(weights: str | Path, data: str, imgsz: int, batch: int, device: Any, project: Path) -> dict[str, float]:
-    """mAP50, mAP50-95, parameters, GFLOPs at `imgsz` and inference ms/image of one checkpoint."""
+def model_card(weights: str | Path, data: str, imgsz: int, batch: int, device: Any, project: Path,
+               scored: bool = True) -> dict[str, float | None]:
+    """mAP50, mAP50-95, parameters, GFLOPs at `imgsz` and inference ms/image of one checkpoint; without `scored`
+    (a model of other classes) no validation: mAPs and speed are None."""
     from ultralytics import YOLO
     from ultralytics.utils.torch_utils import get_flops, get_num_params
 
     model = YOLO(str(weights))
     params, gflops = get_num_params(model.model), get_flops(model.model, imgsz)
+    if not scored:
+        return {"map50": None, "map50_95": None, "params": int(params), "gflops": float(gflops), "ms_per_image": None}
     metrics = model.val(data=data, imgsz=imgsz, batch=batch, device=device, plots=False, verbose=False,
                         project=str(project), name=f"val-{Path(weights).stem}", exist_ok=True)
     return {"map50": float(metrics.box.map50), "map50_95": float(metrics.box.map), "params": int(params),
@@ -38,21 +42,22 @@ def map_curve(run: Path) -> list[float]:
 
 
 def compare(teacher: str | Path, baseline_run: Path, distilled_run: Path, data: str, imgsz: int, batch: int,
-            device: Any = None) -> dict[str, Any]:
-    """Build the report and write compare.json / compare.md / compare.png into `distilled_run`."""
+            device: Any = None, teacher_scored: bool = True) -> dict[str, Any]:
+    """Build the report and write compare.json / compare.md / compare.png into `distilled_run`. teacher_scored: False
+    for a teacher of other classes, whose mAP (and so the gap closed) would mean nothing here."""
     work = distilled_run / "compare"
     cards = {
-        "teacher": model_card(teacher, data, imgsz, batch, device, work),
+        "teacher": model_card(teacher, data, imgsz, batch, device, work, teacher_scored),
         "baseline student": model_card(baseline_run / "weights" / "best.pt", data, imgsz, batch, device, work),
         "distilled student": model_card(distilled_run / "weights" / "best.pt", data, imgsz, batch, device, work),
     }
     t, b, d = (cards[k]["map50_95"] for k in ("teacher", "baseline student", "distilled student"))
-    gap = t - b
+    gap = t - b if t is not None else None
     report = {
         "cards": cards,
         "gain_map50_95": d - b,
         "gain_map50": cards["distilled student"]["map50"] - cards["baseline student"]["map50"],
-        "gap_closed": (d - b) / gap if gap > 0 else None,
+        "gap_closed": (d - b) / gap if gap is not None and gap > 0 else None,
         "curves": {"baseline student": map_curve(baseline_run), "distilled student": map_curve(distilled_run)},
         "runs": {"baseline": str(baseline_run), "distilled": str(distilled_run), "teacher": str(teacher)},
     }
@@ -64,13 +69,17 @@ def compare(teacher: str | Path, baseline_run: Path, distilled_run: Path, data: 
 
 def format_report(report: dict[str, Any]) -> str:
     rows = ["| model | mAP50 | mAP50-95 | params (M) | GFLOPs | inference ms/img |", "|---|---|---|---|---|---|"]
+    def num(value, spec):
+        return "n/a" if value is None else format(value, spec)
+
     for name, c in report["cards"].items():
-        rows.append(f"| {name} | {c['map50']:.4f} | {c['map50_95']:.4f} | {c['params'] / 1e6:.2f} | "
-                    f"{c['gflops']:.2f} | {c['ms_per_image']:.1f} |")
-    gap = report["gap_closed"]
+        rows.append(f"| {name} | {num(c['map50'], '.4f')} | {num(c['map50_95'], '.4f')} | {c['params'] / 1e6:.2f} | "
+                    f"{c['gflops']:.2f} | {num(c['ms_per_image'], '.1f')} |")
+    gap, scored = report["gap_closed"], report["cards"]["teacher"]["map50_95"] is not None
     rows += ["", f"Gain over the same-recipe baseline: {report['gain_map50_95']:+.4f} mAP50-95, "
              f"{report['gain_map50']:+.4f} mAP50; teacher-student gap closed: "
-             + (f"{gap:.0%}." if gap is not None else "n/a (the teacher is not ahead of the baseline)."),
+             + (f"{gap:.0%}." if gap is not None else "n/a (the teacher is not ahead of the baseline)." if scored
+                else "n/a (the teacher's classes differ from the dataset's)."),
              "One seed: a gain smaller than the seed-to-seed spread (benchmarks/gain.py measures it) is noise."]
     return "\n".join(rows)
 
@@ -84,7 +93,8 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in report["curves"].items():
         ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, label=name)
-    ax.axhline(report["cards"]["teacher"]["map50_95"], color="#c33", ls="--", label="teacher")
+    if report["cards"]["teacher"]["map50_95"] is not None:
+        ax.axhline(report["cards"]["teacher"]["map50_95"], color="#c33", ls="--", label="teacher")
     ax.set_xlabel("epoch")
     ax.set_ylabel("mAP50-95 (val)")
     ax.set_title("Distilled vs same-recipe baseline")

@@ -112,6 +112,10 @@ class DistillSettings:
         off = _number(get("distill_off_epochs"), "distill_off_epochs", CORE_KEYS["distill_off_epochs"][0])
         if off < 0 or off != int(off):
             raise ValueError(f"distill_off_epochs must be a whole number >= 0, got {get('distill_off_epochs')!r}.")
+        epochs = get("epochs")
+        if isinstance(epochs, (int, float)) and off >= epochs:
+            raise ValueError(f"distill_off_epochs={int(off)} leaves none of the {epochs} epochs to distil: set it below "
+                             "epochs.")
         balance = _number(get("distill_balance"), "distill_balance", CORE_KEYS["distill_balance"][0])
         if balance < 0:
             raise ValueError(f"distill_balance must be >= 0 (0 turns it off), got {balance}.")

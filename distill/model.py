@@ -13,7 +13,7 @@ from distill.trainer import DistillationTrainer, PlainDetectionTrainer, distill_
 
 class YOLO(_UltralyticsYOLO):
     """`YOLO(...).train(data=..., Distillation=teacher, loss_type='cwd')` distils; without a teacher it
-    trains exactly like `ultralytics.YOLO`, except that offline its AMP check never tries a download."""
+    trains exactly like `ultralytics.YOLO`, except that offline a detector's AMP check never tries a download."""
 
     def __init__(self, model: str | Path = "yolo26n.pt", task: str | None = None, verbose: bool = False) -> None:
         if isinstance(model, (str, Path)) and str(model).endswith(".pt"):

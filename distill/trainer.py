@@ -16,11 +16,11 @@ from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, YAML
 from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
 
 from distill.amp_check import OfflineAMPCheck
-from distill.classmap import ClassMap, match_classes
+from distill.classmap import check_classes, class_map, dataset_names
 from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings
 from distill.distiller import MODULES_ATTR, Distiller
-from distill.losses import class_free_losses, get_loss_class
-from distill.teacher import (atomic_save, class_names, fingerprint, freeze, load_teacher, needs_teacher_file,
+from distill.losses import get_loss_class
+from distill.teacher import (atomic_save, fingerprint, freeze, load_teacher, needs_teacher_file,
                              save_teacher, teacher_save_path)
 
 
@@ -198,9 +198,6 @@ def preflight(cfg: Any, overrides: dict, teacher: nn.Module | None) -> nn.Module
                        f"'{'+'.join(settings.losses)}', so they have no effect.")
     for sentence in settings.ignored:
         LOGGER.warning(f"Distillation: {sentence}.")
-    if settings.off_epochs >= args.epochs:
-        raise ValueError(f"distill_off_epochs={settings.off_epochs} leaves none of the {args.epochs} epochs to distil: "
-                         "set it below epochs.")
     if settings.teacher is None:
         raise ValueError("no teacher given: pass Distillation=<teacher .pt | .yaml | YOLO | nn.Module> (CLI: --teacher).")
     data = check_det_dataset(args.data) if args.data else None  # what the trainer loads next anyway
@@ -212,58 +209,6 @@ def preflight(cfg: Any, overrides: dict, teacher: nn.Module | None) -> nn.Module
         LOGGER.warning(f"Distillation: the teacher is built from {settings.teacher}, so its weights are random: it "
                        "teaches nothing (only useful to test a set-up). Pass a trained .pt checkpoint.")
     return teacher
-
-
-def dataset_names(data: dict) -> list[str]:
-    """Class names of an Ultralytics dataset dict, in index order."""
-    return [str(data["names"][i]) for i in sorted(data["names"])]
-
-
-def _logit_losses(settings: DistillSettings) -> list[str]:
-    return [n for n in settings.losses if get_loss_class(n).kind == "logit"]
-
-
-def _same_classes(teacher: nn.Module, names: list[str]) -> bool:
-    t_names = class_names(teacher)
-    return teacher.model[-1].nc == len(names) and (t_names is None or t_names == names)  # unnamed: trust the order
-
-
-def class_map(teacher: nn.Module, names: list[str], settings: DistillSettings) -> ClassMap | None:
-    """Which teacher class scores the logit losses compare with which of the dataset's: None for the same classes
-    (or no logit loss), else a match by name. ValueError (with the fix) when a logit loss has nothing to compare."""
-    if _same_classes(teacher, names) or not (logit := _logit_losses(settings)):
-        return None
-    try:
-        return match_classes(names, class_names(teacher))
-    except ValueError as e:
-        raise ValueError(f"{_differ(teacher, names)}, and {e}; the logit loss '{'+'.join(logit)}' needs classes it "
-                         "can match by name. Use a teacher trained on these classes, or only losses that need no "
-                         f"shared classes ({', '.join(class_free_losses())}).") from None
-
-
-def check_classes(teacher: nn.Module, names: list[str], settings: DistillSettings) -> None:
-    """Before training: fail when a logit loss cannot match the teacher's classes, else say what is distilled."""
-    if _same_classes(teacher, names):
-        return
-    cmap = class_map(teacher, names, settings)
-    if cmap is None:  # feature losses only
-        LOGGER.warning(f"Distillation: {_differ(teacher, names)}; feature losses proceed.")
-        return
-    LOGGER.info(f"Distillation: {_differ(teacher, names)}; class scores are distilled by name: "
-                f"{cmap.describe(names, class_names(teacher))}.")
-    if cmap.missing:
-        LOGGER.warning(f"Distillation: the teacher has no class named {', '.join(cmap.missing)}: those classes get no "
-                       "class-score signal from it (boxes and features are still distilled).")
-
-
-def _differ(teacher: nn.Module, names: list[str]) -> str:
-    t_names, t_nc = class_names(teacher), teacher.model[-1].nc
-
-    def show(seq):
-        return ", ".join(seq[:6]) + (", ..." if len(seq) > 6 else "")
-
-    return (f"the teacher's classes ({t_nc}: {show(t_names) if t_names else 'unnamed'}) differ from the dataset's "
-            f"({len(names)}: {show(names)})")
 
 
 def distill_arg_keys() -> set[str]:

@@ -17,13 +17,14 @@ from distill import YOLO
 
 
 class _OnCuda(torch.nn.Module):
-    """A model whose parameters claim to live on cuda:0 (only `.device` is read before the decision)."""
+    """A model whose parameters claim to live on an accelerator (only `.device` is read before the decision)."""
 
-    class _Param:
-        device = torch.device("cuda", 0)
+    def __init__(self, device: str = "cuda:0"):
+        super().__init__()
+        self._device = torch.device(device)
 
     def parameters(self, recurse: bool = True):
-        yield self._Param()
+        yield type("Param", (), {"device": self._device})()
 
 
 @pytest.fixture()
@@ -44,10 +45,16 @@ def _forbid_ultralytics_check(monkeypatch):
 
 @pytest.mark.parametrize(("gpu", "expected"), [("NVIDIA H200", True), ("NVIDIA GeForce GTX 1660 Ti", False),
                                                ("Quadro T1000", False)])
-def test_offline_answer_without_the_download(gpu, expected, offline_without_weights, monkeypatch, caplog):
+def test_offline_answer_without_the_download(gpu, expected, offline_without_weights, monkeypatch):
     _forbid_ultralytics_check(monkeypatch)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu)
     assert amp.amp_check(_OnCuda()) is expected
+
+
+def test_other_accelerators_get_the_offline_answer_too(offline_without_weights, monkeypatch):
+    """Ultralytics' check returns early only on CPU and MPS: on XPU or NPU it would fetch the weights as well."""
+    _forbid_ultralytics_check(monkeypatch)
+    assert amp.amp_check(_OnCuda("xpu")) is True
 
 
 @pytest.mark.parametrize("case", ["weights on disk", "online", "cpu"])

@@ -88,6 +88,7 @@ def test_partial_overlap_distils_the_shared_classes_and_warns(data_yaml, teacher
     YOLO("yolov8n.yaml").train(data=data, Distillation=teacher_pt, loss_type="kl", project=project, name="part",
                                **TRAIN)
     assert any("no class named comet" in w for w in warnings), warnings
+    assert seen and len(seen) == len(full)
     for (s, t), whole in zip(seen, full):
         assert s.shape[1] == 1 and torch.equal(t, whole[:, [0]])
 
@@ -97,13 +98,26 @@ def test_no_shared_name_is_refused_before_training(data_yaml, teacher_pt, projec
     with pytest.raises(ValueError, match="shares no class name with the dataset; the logit loss 'kl' needs classes"):
         YOLO("yolov8n.yaml").train(data=data, Distillation=teacher_pt, loss_type="kl", project=project, name="none",
                                    **TRAIN)
-    assert not Path(project).exists() or not any(Path(project).rglob("*.pt"))
+    assert not Path(project).exists() or not any(Path(project).iterdir())
+
+
+def test_the_cli_does_not_score_a_teacher_of_other_classes(data_yaml, teacher_pt, tmp_path, capsys):
+    """Its mAP on the dataset would score its class indices against other classes: the report says n/a instead."""
+    from distill.cli import main
+
+    data = _subset(data_yaml, tmp_path / "cli", {4: "ring", 0: "circle"})
+    assert main(["--teacher", teacher_pt, "--student", "yolov8n.yaml", "--data", data, "--epochs", "1", "--imgsz", "64",
+                 "--batch", "8", "--project", str(tmp_path / "runs"), "workers=0", "plots=False"]) == 0
+    out = capsys.readouterr().out
+    assert "teacher mAP50-95: n/a" in out and "classes differ from the dataset's" in out
+    assert list((tmp_path / "runs").rglob("best.pt")) and not list((tmp_path / "runs").rglob("teacher_val"))
 
 
 def test_matching_rules():
     assert match_classes(["a", "b"], ["a", "b"]) is None
-    m = match_classes(["Traffic  Light", "dog", "yeti"], ["person", "dog", "traffic light"])
+    m = match_classes(["Traffic  Light", "dog", "yeti"], ["person", "dog", "traffic_light"])
     assert (m.student, m.teacher, m.missing) == ((0, 1), (2, 1), ("yeti",))
+    assert m.unmatched(["person", "dog", "traffic_light"]) == ["person"]
     with pytest.raises(ValueError, match="no class names"):
         match_classes(["a"], None)
     with pytest.raises(ValueError, match="shares no class name"):

@@ -1,8 +1,9 @@
 """CUDA with Ultralytics' real AMP path (fp16 autocast, GradScaler on): what CPU tests can only imitate.
 
 Skipped where no GPU is visible (CI, the 2-core machines); run them on a lent GPU with
-`python -m pytest tests/test_cuda.py`. Ultralytics' own AMP check runs unpatched: offline it cannot load
-its check weights, skips, and keeps AMP on, which is the path an offline user takes.
+`python -m pytest tests/test_cuda.py`. The AMP check is the package's offline one (distill/amp_check.py):
+without yolo26n.pt on disk it keeps AMP on, as Ultralytics does offline, and the network guard
+(tests/conftest.py) fails the session if anything still reaches for the network.
 """
 
 from __future__ import annotations
