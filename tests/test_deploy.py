@@ -27,3 +27,15 @@ def test_distilled_student_exports_to_onnx_with_output_parity(data_yaml, teacher
     assert report["map50_95_onnx"] == pytest.approx(report["map50_95_pt"], abs=1e-4)
     with pytest.raises(SystemExit):
         main([str(best.with_name("gone.pt")), "--data", data_yaml])
+
+
+def test_validation_images_from_a_folder_or_an_image_list(data_yaml, tmp_path):
+    """The val split as a folder (the synthetic data) or as a .txt list of paths relative to it (as in coco.yaml)."""
+    from distill.deploy.export import val_images
+
+    from_folder = val_images(data_yaml, 3)
+    root = Path(data_yaml).parent
+    (tmp_path / "val.txt").write_text("\n".join(str(p) for p in sorted((root / "images" / "val").iterdir())))
+    listed = tmp_path / "data.yaml"
+    listed.write_text(f"path: {root}\ntrain: images/train\nval: {tmp_path / 'val.txt'}\nnames: {{0: circle}}\n")
+    assert len(from_folder) == 3 and val_images(listed, 3) == from_folder

@@ -24,8 +24,13 @@ def val_images(data: str | Path, n: int) -> list[Path]:
     from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
     split = check_det_dataset(str(data))["val"]
-    folders = [Path(p) for p in (split if isinstance(split, list) else [split])]
-    files = sorted(f for d in folders for f in d.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS)
+    files = []
+    for entry in map(Path, split if isinstance(split, list) else [split]):
+        if entry.suffix == ".txt":  # a list of image paths, relative to the list's folder (as in coco.yaml)
+            files += [entry.parent / line.strip() for line in entry.read_text().splitlines() if line.strip()]
+        else:
+            files += [f for f in entry.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS]
+    files = sorted(f for f in files if f.suffix[1:].lower() in IMG_FORMATS)
     if not files:
         raise ValueError(f"{data}: no validation images to compare the export on.")
     return files[:n]
@@ -94,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if not Path(a.weights).is_file():
         p.error(f"{a.weights}: no such checkpoint.")
-    report = export_onnx(a.weights, a.data, a.imgsz, a.images, validate=not a.no_val)
+    try:
+        report = export_onnx(a.weights, a.data, a.imgsz, a.images, validate=not a.no_val)
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
     Path(report["onnx"]).with_suffix(".parity.json").write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
     return 0
