@@ -8,7 +8,7 @@ class-score signal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ class ClassMap:
     student: tuple[int, ...]
     teacher: tuple[int, ...]
     missing: tuple[str, ...]  # dataset classes no teacher class is named after
+    # index tensors per (side, device), made once: select() runs every step, and a fresh host-to-GPU copy each time
+    # would stall it
+    _indices: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def describe(self, names: list[str], teacher_names: list[str]) -> str:
         pairs = [f"{names[s]}<-{teacher_names[t]}({t})" for s, t in zip(self.student, self.teacher)]
@@ -37,10 +40,14 @@ class ClassMap:
 
     def select(self, student: dict, teacher: dict) -> tuple[dict, dict]:
         """Raw head dicts with `scores` (B, nc, A) cut to the matched classes, in the dataset's order."""
-        s_idx = torch.tensor(self.student, device=student["scores"].device)
-        t_idx = torch.tensor(self.teacher, device=teacher["scores"].device)
-        return ({**student, "scores": student["scores"].index_select(1, s_idx)},
-                {**teacher, "scores": teacher["scores"].index_select(1, t_idx)})
+        return ({**student, "scores": student["scores"].index_select(1, self._index("student", student["scores"]))},
+                {**teacher, "scores": teacher["scores"].index_select(1, self._index("teacher", teacher["scores"]))})
+
+    def _index(self, side: str, like: torch.Tensor) -> torch.Tensor:
+        key = (side, like.device)
+        if key not in self._indices:
+            self._indices[key] = torch.tensor(getattr(self, side), device=like.device)
+        return self._indices[key]
 
 
 def _key(name: str) -> str:
