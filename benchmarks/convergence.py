@@ -11,6 +11,7 @@ mAP curves of every run, and the final mAP against the budget).
     python benchmarks/convergence.py --model yolov8s.yaml --epochs 35,70,140       # the teacher's plateau
     python benchmarks/convergence.py --data ../shared/data/bccd/data.yaml --imgsz 160 --epochs 30,60
     python benchmarks/convergence.py --task long --teacher --epochs 160,320     # the task's teacher, cached
+    python benchmarks/convergence.py --task long --teacher --model yolov8m.yaml --epochs 160   # a bigger one
     python benchmarks/convergence.py --merge a.json b.json --out c     # pool --first-seed slices
 """
 
@@ -133,10 +134,10 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def teacher_run(task, epochs: int, device: str | None) -> dict:
-    """The task's teacher trained for `epochs` (or found in the cache), as a run row: its final mAPs on the val
-    split, and the curve and wall seconds recorded when it was trained."""
-    path = replace(task, teacher_epochs=epochs).teacher(device)
+def teacher_run(task, epochs: int, device: str | None, model: str = DEMO_TEACHER) -> dict:
+    """The task's teacher (`model`) trained for `epochs` (or found in the cache), as a run row: its final mAPs on
+    the val split, and the curve and wall seconds recorded when it was trained."""
+    path = replace(task, teacher_epochs=epochs).teacher(device, model)
     metrics = validate(path, task, device)
     history = teacher_history(path)
     return {"seed": task.recipe["seed"], "epochs": epochs, "map50_95": float(metrics.box.map),
@@ -146,7 +147,8 @@ def teacher_run(task, epochs: int, device: str | None) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=STUDENT, help="model YAML trained without a teacher (default: the student)")
+    p.add_argument("--model", default=None, help="model YAML trained without a teacher (default: the student; with "
+                   "--teacher, the task's teacher model)")
     p.add_argument("--teacher", action="store_true",
                    help="the task's teacher instead, one run per budget with the recipe's seed, trained through the "
                    "teacher cache: each run is the teacher gain.py uses with that many teacher epochs")
@@ -179,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError as e:
         p.error(str(e))
     if a.teacher:
-        a.model, a.first_seed, a.seeds = DEMO_TEACHER, task.recipe["seed"], 1
+        a.model, a.first_seed, a.seeds = a.model or DEMO_TEACHER, task.recipe["seed"], 1
+    a.model = a.model or STUDENT
     out = Path(a.out or f"benchmarks/results/convergence_{task.name}_{Path(a.model).stem}")
     n_train, n_val = task.split_sizes()
     meta = {"task": task.name, "model": a.model, "teacher_cache": a.teacher, "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],
@@ -191,7 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as project:
         for seed in range(a.first_seed, a.first_seed + a.seeds):  # outputs after every seed
             for e in epochs:
-                row = (teacher_run(task, e, a.device) if a.teacher else
+                row = (teacher_run(task, e, a.device, a.model) if a.teacher else
                        train_once(Method("baseline"), task, None, seed, project, a.device, epochs=e, model=a.model))
                 runs[e].append(row)
                 print(f"[convergence] {a.model} {e} epochs, seed {seed}: {row['map50_95']:.4f} in {row['seconds']}s",

@@ -59,10 +59,11 @@ class Task:
 
         return count(info["train"]), count(info["val"])
 
-    def teacher(self, device: str | None = None) -> Path:
-        """The task's yolov8s teacher: trained on the task's data with its recipe once, then cached."""
+    def teacher(self, device: str | None = None, model: str = DEMO_TEACHER) -> Path:
+        """The task's teacher (yolov8s unless `model` names another YAML): trained on the task's data with its
+        recipe once, then cached."""
         extra = {"device": device} if device else {}
-        return cached_teacher(DEMO_TEACHER, self.data(), self.teacher_epochs, **self.recipe, **extra)
+        return cached_teacher(model, self.data(), self.teacher_epochs, **self.recipe, **extra)
 
 
 SHORT = Task("full", DEMO_SPEC, DEMO_TEACHER_EPOCHS, DEMO_STUDENT_EPOCHS, dict(DEMO_RECIPE))
