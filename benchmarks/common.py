@@ -41,13 +41,33 @@ class Method:
             out["loss_type"] = head
         return out
 
-    def train_kwargs(self, teacher: Path) -> dict[str, Any]:
-        """Train arguments that turn a plain run into this method."""
+    def train_kwargs(self, teachers: Path | list[Path]) -> dict[str, Any]:
+        """Train arguments that turn a plain run into this method. With several teachers, `teachers=2` or
+        `teachers=1+2` in the spec picks some of them by position (1-based); by default all teach."""
         if self.kind == "baseline":
             return {}
-        if self.kind == "builtin":  # Ultralytics' own distillation (score-weighted feature MSE)
-            return {"distill_model": str(teacher), **self.overrides}
-        return {"Distillation": str(teacher), **self.overrides}
+        overrides = self.overrides
+        chosen = pick_teachers(teachers, overrides.pop("teachers", None), self.spec)
+        if self.kind == "builtin":  # Ultralytics' own distillation (score-weighted feature MSE), one teacher
+            if len(chosen) > 1:
+                raise ValueError(f"method {self.spec!r}: Ultralytics' built-in distillation takes one teacher; add "
+                                 "teachers=<n> to the spec.")
+            return {"distill_model": str(chosen[0]), **overrides}
+        return {"Distillation": str(chosen[0]) if len(chosen) == 1 else [str(t) for t in chosen], **overrides}
+
+
+def pick_teachers(teachers: Path | list[Path], choice: Any, spec: str) -> list[Path]:
+    """The teachers a method uses: all, or those `choice` names by 1-based position ('1+2', 2)."""
+    teachers = teachers if isinstance(teachers, list) else [teachers]
+    if choice is None:
+        return teachers
+    try:
+        picked = [int(i) for i in str(choice).split("+")]
+    except ValueError:
+        raise ValueError(f"method {spec!r}: teachers={choice!r} must name teachers by position, e.g. 1 or 1+2.") from None
+    if not picked or any(not 1 <= i <= len(teachers) for i in picked):
+        raise ValueError(f"method {spec!r}: teachers={choice!r}, but {len(teachers)} teacher(s) are given.")
+    return [teachers[i - 1] for i in picked]
 
 
 def parse_methods(text: str) -> list[Method]:

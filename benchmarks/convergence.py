@@ -12,6 +12,7 @@ mAP curves of every run, and the final mAP against the budget).
     python benchmarks/convergence.py --data ../shared/data/bccd/data.yaml --imgsz 160 --epochs 30,60
     python benchmarks/convergence.py --task long --teacher --epochs 160,320     # the task's teacher, cached
     python benchmarks/convergence.py --task long --teacher --model yolov8m.yaml --epochs 160   # a bigger one
+    python benchmarks/convergence.py --task long --teacher --data bccd/data.yaml --imgsz 160 --set mosaic=1.0 --epochs 200
     python benchmarks/convergence.py --merge a.json b.json --out c     # pool --first-seed slices
 """
 
@@ -134,6 +135,19 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def train_overrides(pairs: list[str]) -> dict:
+    """['mosaic=1.0', 'lr0=0.01'] -> {'mosaic': 1.0, 'lr0': 0.01}; ValueError on an item without '='."""
+    from ultralytics.cfg import smart_value
+
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--set {pair!r}: write train arguments as key=value, e.g. mosaic=1.0.")
+        out[key] = smart_value(value)
+    return out
+
+
 def teacher_run(task, epochs: int, device: str | None, model: str = DEMO_TEACHER) -> dict:
     """The task's teacher (`model`) trained for `epochs` (or found in the cache), as a run row: its final mAPs on
     the val split, and the curve and wall seconds recorded when it was trained."""
@@ -160,6 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--quick", action="store_true", help="same as --task quick")
     p.add_argument("--data", default=None, help="a data.yaml instead of the synthetic data, with the --task recipe")
     p.add_argument("--imgsz", type=int, default=None, help="with --data: image size")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="with --data: train arguments that replace the recipe's, e.g. mosaic=1.0 for a teacher")
     p.add_argument("--device", default=None)
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/convergence_<task>_<model>)")
     a = p.parse_args(argv)
@@ -177,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError:
         p.error(f"--epochs must be comma-separated integers, got {a.epochs!r}")
     try:
-        task = select_task("quick" if a.quick else a.task, a.data, imgsz=a.imgsz)
+        task = select_task("quick" if a.quick else a.task, a.data, imgsz=a.imgsz, **train_overrides(a.set))
     except ValueError as e:
         p.error(str(e))
     if a.teacher:

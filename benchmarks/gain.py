@@ -32,6 +32,7 @@ from ultralytics import YOLO as PlainYOLO
 
 from distill import YOLO
 from distill.compare import map_curve, results_columns
+from distill.demo import DEMO_TEACHER
 from distill.trainer import PlainDetectionTrainer
 
 DEFAULT_METHODS = "baseline;cwd;mgd;mimic;kl;cwd+kl;builtin"
@@ -53,7 +54,8 @@ def train_once(method, task, teacher: Path | None, seed: int, project: str, devi
     return {"seed": seed, "epochs": epochs, "map50_95": float(yolo.metrics.box.map),
             "map50": float(yolo.metrics.box.map50), "seconds": round(time.time() - t0, 1),
             "curve": [round(v, 5) for v in map_curve(run)], "train_losses": loss_scale(run),
-            "params": effective_params(yolo.trainer)}
+            "params": effective_params(yolo.trainer),
+            **({"teachers": [t.source for t in yolo.trainer.distiller.teachers]} if method.kind == "distill" else {})}
 
 
 def validate(weights: Path, task, device: str | None):
@@ -157,7 +159,7 @@ def write_outputs(result: dict, out: Path) -> None:
     out.with_suffix(".json").write_text(json.dumps(finite(result), indent=2))
     meta, methods = result["meta"], result["methods"]
     md = [f"# Distillation gain ({meta['task']} task)", "",
-          f"Student {meta['student']}, teacher {meta['teacher']} (mAP50-95 {meta['teacher_map50_95']:.4f}); "
+          f"Student {meta['student']}, {describe_teachers(meta)}; "
           f"{meta['n_train']} train / {meta['n_val']} val images, imgsz {meta['imgsz']}, {meta['epochs']} epochs, "
           f"seeds {seed_label(meta['seed_list'])}, device {meta['device']}, machine {meta.get('machine', '?')}, "
           f"code version {meta.get('code_version', 'unrecorded')}. Command: `{meta['command']}`.", "",
@@ -189,6 +191,15 @@ def write_outputs(result: dict, out: Path) -> None:
            "differences, t = mean / SE. gap closed = gain / (teacher - baseline)."]
     out.with_suffix(".md").write_text("\n".join(md) + "\n")
     plot(result, out.with_suffix(".png"))
+
+
+def describe_teachers(meta: dict) -> str:
+    """'teacher t.pt (mAP50-95 0.3000)', or each of several, numbered as methods pick them (teachers=2)."""
+    if "teacher_maps" not in meta:
+        return f"teacher {meta['teacher']} (mAP50-95 {meta['teacher_map50_95']:.4f})"
+    return "teachers " + ", ".join(f"{i + 1}: {t} (mAP50-95 {m:.4f})" for i, (t, m)
+                                   in enumerate(zip(meta["teacher"], meta["teacher_maps"]))) + \
+        " (gap closed: to the best)"
 
 
 def plot(result: dict, path: Path) -> None:
@@ -241,8 +252,12 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--imgsz", type=int, default=None, help="with --data: image size (default: the recipe's)")
     p.add_argument("--epochs", type=int, default=None, help="with --data: student epochs (default: the recipe's)")
     p.add_argument("--teacher-epochs", type=int, default=None, help="with --data: teacher epochs (default: the recipe's)")
-    p.add_argument("--teacher", default=None, help="a trained teacher checkpoint (.pt) instead of the recipe's cached "
-                   "yolov8s: your own, a pre-trained one, or one trained elsewhere (e.g. on a GPU)")
+    p.add_argument("--teacher", nargs="+", default=None, help="trained teacher checkpoint(s) (.pt) instead of the "
+                   "recipe's cached yolov8s: your own, a pre-trained one, or one trained elsewhere (e.g. on a GPU). "
+                   "Several: every distilled method uses all, unless its spec picks some (kl:teachers=2)")
+    p.add_argument("--teacher-models", nargs="+", default=None, metavar="YAML",
+                   help="the recipe's cached teachers of these models instead of its yolov8s (e.g. yolov8s.yaml "
+                   "yolo11s.yaml: two teachers), each trained once on the task with the teacher recipe")
     p.add_argument("--equal-time", action="store_true",
                    help="also train, per seed and method, a baseline given the method's wall time (its epochs times "
                    "the measured time ratio) and report the paired difference to it")
@@ -255,17 +270,30 @@ def main(argv: list[str] | None = None) -> dict:
                            teacher_epochs=a.teacher_epochs)
     except ValueError as e:
         p.error(str(e))
-    if a.teacher is not None:
-        if problem := given_teacher_problem(a.teacher, task, a.teacher_epochs):
-            p.error(f"--teacher {a.teacher}: {problem}")
-    # A given teacher's results never overwrite the recipe's own.
-    suffix = f"_teacher-{Path(a.teacher).stem}" if a.teacher and not a.out else ""
+    if a.teacher is not None and a.teacher_models is not None:
+        p.error("--teacher and --teacher-models are two ways to name the teachers: give one.")
+    for path in a.teacher or []:
+        if problem := given_teacher_problem(path, task, a.teacher_epochs):
+            p.error(f"--teacher {path}: {problem}")
+    # Given teachers' results never overwrite the recipe's own.
+    suffix = (f"_teacher-{'+'.join(Path(t).stem for t in a.teacher)}" if a.teacher else
+              f"_teachers-{'+'.join(Path(t).stem for t in a.teacher_models)}" if a.teacher_models else "")
     out = Path(a.out or f"benchmarks/results/gain{'' if task.name == 'full' else '_' + task.name}{suffix}")
     methods = parse_methods(a.methods)
-    teacher = Path(a.teacher).resolve() if a.teacher else task.teacher(a.device)
-    teacher_map = float(validate(teacher, task, a.device).box.map)
+    teachers = ([Path(t).resolve() for t in a.teacher] if a.teacher else
+                [task.teacher(a.device, model) for model in a.teacher_models or [DEMO_TEACHER]])
+    try:
+        for m in methods:
+            m.train_kwargs(teachers)  # a spec naming a teacher that is not there fails now, not after hours
+    except ValueError as e:
+        p.error(str(e))
+    teacher_maps = [float(validate(t, task, a.device).box.map) for t in teachers]
+    teacher_map = max(teacher_maps)  # the gap closed is measured to the best teacher
+    teacher = teachers[0] if len(teachers) == 1 else teachers
     n_train, n_val = task.split_sizes()
-    meta = {"task": task.name, "student": STUDENT, "teacher": str(teacher), "teacher_map50_95": teacher_map,
+    meta = {"task": task.name, "student": STUDENT, "teacher": str(teacher) if len(teachers) == 1 else
+            [str(t) for t in teachers], "teacher_map50_95": teacher_map,
+            **({"teacher_maps": teacher_maps} if len(teachers) > 1 else {}),
             "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"], "epochs": task.student_epochs,
             "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "seed_list": [], "device": a.device or "auto", "machine": machine(),
             "code_version": code_version(), "commit": git_commit(),  # before training: what ran

@@ -40,13 +40,13 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build(method: Method, teacher: str, data: str, imgsz: int, batch: int, device: str, project: str):
-    """A set-up trainer for `method`, ready to step."""
+def build(method: Method, teachers: list[str], data: str, imgsz: int, batch: int, device: str, project: str):
+    """A set-up trainer for `method` (with all `teachers`, or those its spec picks), ready to step."""
     from distill.trainer import DistillationTrainer, PlainDetectionTrainer
 
     overrides = dict(model=STUDENT, data=data, imgsz=imgsz, batch=batch, epochs=1, workers=0, plots=False, seed=0,
                      deterministic=True, project=project, name=method.spec.replace(":", "_"), device=device,
-                     verbose=False, **method.train_kwargs(Path(teacher)))
+                     verbose=False, **method.train_kwargs([Path(t) for t in teachers]))
     trainer = (DistillationTrainer if method.kind == "distill" else PlainDetectionTrainer)(overrides=overrides)
     trainer._setup_train()
     trainer.model.train()
@@ -65,9 +65,9 @@ def step(trainer, raw: dict) -> dict:
     return items
 
 
-def time_all(methods: list[str], teacher: str, data: str, imgsz: int, batch: int, warmup: int, steps: int,
+def time_all(methods: list[str], teacher: list[str], data: str, imgsz: int, batch: int, warmup: int, steps: int,
              device: str) -> dict:
-    """Child process: interleaved timing of every method and of the lower bound."""
+    """Child process: interleaved timing of every method and of the lower bound (with the first teacher)."""
     from ultralytics.utils.torch_utils import autocast
 
     from distill.teacher import freeze, load_teacher
@@ -76,7 +76,7 @@ def time_all(methods: list[str], teacher: str, data: str, imgsz: int, batch: int
         trainers = {spec: build(Method(spec), teacher, data, imgsz, batch, device, project) for spec in methods}
         plain = trainers[methods[0]]
         dev = plain.device
-        frozen = freeze(load_teacher(teacher), dev)
+        frozen = freeze(load_teacher(teacher[0]), dev)
         loader = iter(plain.train_loader)
         batches = [next(loader) for _ in range(warmup + steps)]
 
@@ -106,7 +106,7 @@ def time_all(methods: list[str], teacher: str, data: str, imgsz: int, batch: int
                 "teacher_images": teacher_images[0], "device": str(dev), "amp": bool(plain.amp)}
 
 
-def peak_memory(method: str, teacher: str, data: str, imgsz: int, batch: int, warmup: int, steps: int,
+def peak_memory(method: str, teacher: list[str], data: str, imgsz: int, batch: int, warmup: int, steps: int,
                 device: str) -> dict:
     """Child process: peak memory of `method` alone over warmup + steps training steps."""
     with tempfile.TemporaryDirectory() as project:
@@ -144,6 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--batch", type=int, default=None, help="default 16 (4 with --quick)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per method (default 10, 3 with --quick)")
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--teachers", nargs="+", default=["yolov8s.yaml"], metavar="YAML",
+                   help="teacher model(s), random weights (they do not change timings); with several, every distilled "
+                   "method uses all unless its spec picks some, e.g. 'kl:teachers=1;kl:teachers=1+2'")
     p.add_argument("--device", default=None, help="default: cuda:0 if available, else cpu")
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/overhead[_quick])")
     p.add_argument("--child", help=argparse.SUPPRESS)  # internal: JSON of one measurement job
@@ -165,8 +168,9 @@ def main(argv: list[str] | None = None) -> dict:
     data = synthetic_dataset(SyntheticSpec(n_train=max(batch * (steps + a.warmup), 16), n_val=8, imgsz=max(imgsz, 96), seed=0))
     methods = [m.spec for m in parse_methods(a.methods)]
     with tempfile.TemporaryDirectory() as tmp:
-        teacher = save_teacher(DetectionModel("yolov8s.yaml", nc=6, verbose=False), Path(tmp) / "teacher.pt")
-        shared = {"teacher": str(teacher), "data": str(data), "imgsz": imgsz, "batch": batch, "warmup": a.warmup,
+        teachers = [str(save_teacher(DetectionModel(cfg, nc=6, verbose=False), Path(tmp) / f"teacher{i}.pt"))
+                    for i, cfg in enumerate(a.teachers)]
+        shared = {"teacher": teachers, "data": str(data), "imgsz": imgsz, "batch": batch, "warmup": a.warmup,
                   "steps": steps, "device": device}
         memory = {}
         for spec in methods:
@@ -177,7 +181,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows = [{"method": spec, "step_s": timing["step_s"][spec], "ratio_to_plain": timing["step_s"][spec] / plain,
              "ratio_to_lower_bound": timing["step_s"][spec] / bound, "loss_items": timing["loss_items"][spec],
              **memory[spec]} for spec in methods]
-    meta = {"student": STUDENT, "teacher": "yolov8s", "imgsz": imgsz, "batch": batch, "steps": steps, "warmup": a.warmup,
+    names = ", ".join(Path(t).stem for t in a.teachers)
+    meta = {"student": STUDENT, "teacher": names, "imgsz": imgsz, "batch": batch, "steps": steps, "warmup": a.warmup,
             "device": timing["device"], "amp": timing["amp"], "torch": torch.__version__, "machine": machine(),
             "code_version": code_version(), "commit": git_commit(), "lower_bound_s": bound,
             "lower_bound_teacher_images": timing["teacher_images"], "lower_bound_ratio_to_plain": bound / plain,
@@ -187,9 +192,10 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(finite(result), indent=2))
     md = [f"# Training-step overhead ({meta['device']}, AMP {'on' if meta['amp'] else 'off'})", "",
-          f"{STUDENT} student, yolov8s teacher, imgsz {imgsz}, batch {batch}; median of {steps} steps after "
+          f"{STUDENT} student, {'teacher' if len(a.teachers) == 1 else 'teachers (1, 2, ...)'} {names}, imgsz {imgsz}, "
+          f"batch {batch}; median of {steps} steps after "
           f"{a.warmup} warm-up, every method and the lower bound interleaved in one loop on the same batches. "
-          f"Lower bound = plain step + teacher forward without gradients, timed as one slot: {bound:.3f} s "
+          f"Lower bound = plain step + {'the first ' if len(a.teachers) > 1 else ''}teacher's forward without gradients, timed as one slot: {bound:.3f} s "
           f"({bound / plain:.2f}x plain). Machine: {meta['machine']}; code {meta['code_version']}. "
           f"Command: `{meta['command']}`.", "",
           "| method | s/step | ratio to plain | ratio to lower bound | peak memory (MB) |", "|---|---|---|---|---|"]

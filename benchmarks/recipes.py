@@ -87,7 +87,7 @@ def select_task(name: str, data_yaml: str | Path | None = None, **overrides: Any
     teacher_epochs = overrides.pop("teacher_epochs", task.teacher_epochs)
     if data_yaml is None:
         if overrides or (student_epochs, teacher_epochs) != (task.student_epochs, task.teacher_epochs):
-            raise ValueError("--imgsz, --epochs and --teacher-epochs go with --data; the synthetic recipes are fixed "
+            raise ValueError("--imgsz, --epochs, --teacher-epochs and --set go with --data; the synthetic recipes are fixed "
                              "(add one to benchmarks/recipes.py instead).")
         return task
     path = Path(data_yaml).resolve()

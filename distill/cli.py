@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from distill.config import CORE_KEYS
+from distill.config import CORE_KEYS, teacher_sources
 from distill.losses import available_losses, get_loss_class
 
 # CLI flag -> train argument, for the options whose names differ
@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,  # '--conf 0.01' is Ultralytics' conf, not an abbreviation of --config
     )
     g = p.add_argument_group("models and data")
-    g.add_argument("--teacher", help="teacher .pt or .yaml (default without --data: a cached yolov8s trained on the demo data)")
+    g.add_argument("--teacher", nargs="+", help="teacher .pt or .yaml; several teachers: --teacher a.pt b.pt (default "
+                   "without --data: a cached yolov8s trained on the demo data)")
     g.add_argument("--student", default=None, help="student .pt or .yaml (default: yolov8n.yaml)")
     g.add_argument("--data", help="dataset YAML (default: the embedded synthetic dataset)")
     g.add_argument("--config", help="YAML preset of train/distillation arguments (see configs/); flags override it")
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = p.add_argument_group("distillation")
     d.add_argument("--loss", default=CORE_KEYS["loss_type"][0], help=f"loss name(s), '+'-joined; registered: {', '.join(available_losses())}")
     for key in ("distill_weight", "distill_schedule", "distill_final", "distill_off_epochs", "distill_balance", "distill_balance_by", "distill_balance_steps",
-                "distill_layers", "distill_teacher_layers"):
+                "distill_layers", "distill_teacher_layers", "distill_teacher_weights", "distill_ensemble"):
         default, text = CORE_KEYS[key]
         d.add_argument("--" + key.replace("_", "-"), default=default, help=text)
     for name in available_losses():
@@ -133,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     argv = attach_layer_values(sys.argv[1:] if argv is None else list(argv))
     ns, rest = parser.parse_known_args(argv)
+    if ns.teacher:  # --teacher takes one or more values: give back a key=value passthrough that follows it
+        passthrough = [t for t in ns.teacher if "=" in t and not Path(t).exists()]
+        ns.teacher = [t for t in ns.teacher if t not in passthrough] or None
+        rest = passthrough + rest
     extra = parse_extra(rest)
     try:
         return run(ns, train_args(ns, extra, typed_options(argv, parser)))
@@ -151,12 +156,14 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
         read_checkpoint(ns.resume, "resume")
         model = YOLO(ns.resume)
         model.train(resume=True, **{k: v for k, v in args.items() if k in {"device", "batch", "workers"}})
-        return report(model, str(model.trainer.args.Distillation), teacher_is_scored(model.trainer))
+        return report(model, teacher_sources(model.trainer.args.Distillation), teacher_is_scored(model.trainer))
     demo = "data" not in args
     if demo:
         for key, value in {**DEMO_RECIPE, "epochs": DEMO_STUDENT_EPOCHS}.items():
             args.setdefault(key, value)
-    teacher = ns.teacher or args.pop("Distillation", None)  # a preset may name the teacher
+    teacher = ns.teacher or args.pop("Distillation", None)  # a preset may name the teacher(s)
+    if isinstance(teacher, list) and len(teacher) == 1:
+        teacher = teacher[0]
     check_args(args)  # before the demo's data and teacher are made (minutes on a CPU), not after
     if demo:
         args["data"] = str(demo_data())
@@ -172,13 +179,13 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
     student = YOLO(student_path)
     args["Distillation"] = teacher
     student.train(**args)
-    teacher = str(student.trainer.args.Distillation)  # the file that taught (a .yaml or object was written to one)
+    teachers = teacher_sources(student.trainer.args.Distillation)  # the files that taught (a .yaml was written to one)
     scored = teacher_is_scored(student.trainer)
-    code = report(student, teacher, scored)
+    code = report(student, teachers, scored)
     if demo and args["epochs"] == DEMO_STUDENT_EPOCHS:
         print(DEMO_CAVEAT)
     if ns.compare:
-        compare_with_baseline(student_path, teacher, args, Path(student.trainer.save_dir), scored)
+        compare_with_baseline(student_path, teachers, args, Path(student.trainer.save_dir), scored)
     return code
 
 
@@ -200,16 +207,16 @@ DEMO_CAVEAT = (
     "To measure the gain on your own data: add --compare (trains the same student without the teacher).")
 
 
-def teacher_is_scored(trainer: Any) -> bool:
-    """Whether the teacher's mAP on the dataset means anything: only when it predicts the dataset's classes (a teacher
-    matched by name, or used for features only, would be scored by class index against other classes)."""
+def teacher_is_scored(trainer: Any) -> list[bool]:
+    """Per teacher, whether its mAP on the dataset means anything: only when it predicts the dataset's classes (a
+    teacher matched by name, or used for features only, would be scored by class index against other classes)."""
     from distill.classmap import dataset_names, same_classes
 
-    return same_classes(trainer.distiller.teacher, dataset_names(trainer.data))
+    return [same_classes(t.model, dataset_names(trainer.data)) for t in trainer.distiller.teachers]
 
 
-def compare_with_baseline(student_path: str, teacher: str, args: dict[str, Any], distilled_run: Path,
-                          teacher_scored: bool = True) -> None:
+def compare_with_baseline(student_path: str, teachers: list[str], args: dict[str, Any], distilled_run: Path,
+                          teacher_scored: list[bool]) -> None:
     """Train the same student without the teacher, same recipe, then report both side by side."""
     from distill.compare import compare, format_report
     from distill.model import YOLO
@@ -220,28 +227,32 @@ def compare_with_baseline(student_path: str, teacher: str, args: dict[str, Any],
     baseline = YOLO(student_path)
     baseline.train(**plain)
     trainer = baseline.trainer
-    result = compare(teacher, Path(trainer.save_dir), distilled_run, str(trainer.args.data), trainer.args.imgsz,
+    result = compare(teachers, Path(trainer.save_dir), distilled_run, str(trainer.args.data), trainer.args.imgsz,
                      trainer.args.batch, trainer.args.device, teacher_scored)
     print(f"\nComparison (also in {distilled_run / 'compare.md'}):\n" + format_report(result))
 
 
-def report(student: Any, teacher: str, teacher_scored: bool = True) -> int:
-    """Print teacher and student mAP50-95 (same data, image size and device) and where the student checkpoint is."""
+def report(student: Any, teachers: list[str], teacher_scored: list[bool]) -> int:
+    """Print each teacher's and the student's mAP50-95 (same data, image size and device) and where the student
+    checkpoint is."""
     from ultralytics import YOLO as PlainYOLO
 
     trainer = student.trainer
     best = Path(trainer.best if trainer.best.exists() else trainer.last)
     s_map = float(student.metrics.box.map) if getattr(student, "metrics", None) is not None else float("nan")
     lines = ["", "Distillation finished."]
-    if teacher_scored:
+    for i, (teacher, scored) in enumerate(zip(teachers, teacher_scored)):
+        label = "teacher" if len(teachers) == 1 else f"teacher {i + 1}"
+        if not scored:
+            lines.append(f"  {label} mAP50-95: n/a  ({teacher}: its classes differ from the dataset's)")
+            continue
         t0 = time.time()
         metrics = PlainYOLO(teacher).val(
             data=trainer.args.data, imgsz=trainer.args.imgsz, batch=trainer.args.batch, device=trainer.args.device,
-            plots=False, verbose=False, project=str(trainer.save_dir), name="teacher_val", exist_ok=True,
+            plots=False, verbose=False, project=str(trainer.save_dir), name=f"{label.replace(' ', '')}_val",
+            exist_ok=True,
         )
-        lines.append(f"  teacher mAP50-95: {metrics.box.map:.4f}  ({teacher}, validated in {time.time() - t0:.1f}s)")
-    else:
-        lines.append(f"  teacher mAP50-95: n/a  ({teacher}: its classes differ from the dataset's)")
+        lines.append(f"  {label} mAP50-95: {metrics.box.map:.4f}  ({teacher}, validated in {time.time() - t0:.1f}s)")
     lines += [f"  student mAP50-95: {s_map:.4f}", f"  student checkpoint: {best}"]
     print("\n".join(lines))
     return 0

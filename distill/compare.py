@@ -41,25 +41,30 @@ def map_curve(run: Path) -> list[float]:
     return results_columns(run)["metrics/mAP50-95(B)"]
 
 
-def compare(teacher: str | Path, baseline_run: Path, distilled_run: Path, data: str, imgsz: int, batch: int,
-            device: Any = None, teacher_scored: bool = True) -> dict[str, Any]:
-    """Build the report and write compare.json / compare.md / compare.png into `distilled_run`. teacher_scored: False
-    for a teacher of other classes, whose mAP (and so the gap closed) would mean nothing here."""
+def compare(teachers: str | Path | list, baseline_run: Path, distilled_run: Path, data: str, imgsz: int, batch: int,
+            device: Any = None, teacher_scored: bool | list[bool] = True) -> dict[str, Any]:
+    """Build the report and write compare.json / compare.md / compare.png into `distilled_run`. teachers: one or
+    several; teacher_scored: per teacher, False for one of other classes, whose mAP would mean nothing here. The
+    gap closed is measured against the best scored teacher."""
+    teachers = list(teachers) if isinstance(teachers, (list, tuple)) else [teachers]
+    scored = teacher_scored if isinstance(teacher_scored, (list, tuple)) else [teacher_scored] * len(teachers)
     work = distilled_run / "compare"
-    cards = {
-        "teacher": model_card(teacher, data, imgsz, batch, device, work, teacher_scored),
-        "baseline student": model_card(baseline_run / "weights" / "best.pt", data, imgsz, batch, device, work),
-        "distilled student": model_card(distilled_run / "weights" / "best.pt", data, imgsz, batch, device, work),
-    }
-    t, b, d = (cards[k]["map50_95"] for k in ("teacher", "baseline student", "distilled student"))
+    names = ["teacher"] if len(teachers) == 1 else [f"teacher {i + 1}" for i in range(len(teachers))]
+    cards = {name: model_card(t, data, imgsz, batch, device, work, ok) for name, t, ok in zip(names, teachers, scored)}
+    cards["baseline student"] = model_card(baseline_run / "weights" / "best.pt", data, imgsz, batch, device, work)
+    cards["distilled student"] = model_card(distilled_run / "weights" / "best.pt", data, imgsz, batch, device, work)
+    b, d = cards["baseline student"]["map50_95"], cards["distilled student"]["map50_95"]
+    t = max((cards[n]["map50_95"] for n in names if cards[n]["map50_95"] is not None), default=None)
     gap = t - b if t is not None else None
     report = {
         "cards": cards,
+        "teachers": names,
         "gain_map50_95": d - b,
         "gain_map50": cards["distilled student"]["map50"] - cards["baseline student"]["map50"],
         "gap_closed": (d - b) / gap if gap is not None and gap > 0 else None,
         "curves": {"baseline student": map_curve(baseline_run), "distilled student": map_curve(distilled_run)},
-        "runs": {"baseline": str(baseline_run), "distilled": str(distilled_run), "teacher": str(teacher)},
+        "runs": {"baseline": str(baseline_run), "distilled": str(distilled_run),
+                 "teacher": str(teachers[0]) if len(teachers) == 1 else [str(x) for x in teachers]},
     }
     (distilled_run / "compare.json").write_text(json.dumps(report, indent=2))
     (distilled_run / "compare.md").write_text(format_report(report) + "\n")
@@ -75,9 +80,11 @@ def format_report(report: dict[str, Any]) -> str:
     for name, c in report["cards"].items():
         rows.append(f"| {name} | {num(c['map50'], '.4f')} | {num(c['map50_95'], '.4f')} | {c['params'] / 1e6:.2f} | "
                     f"{c['gflops']:.2f} | {num(c['ms_per_image'], '.1f')} |")
-    gap, scored = report["gap_closed"], report["cards"]["teacher"]["map50_95"] is not None
+    teachers = report.get("teachers", ["teacher"])
+    gap, scored = report["gap_closed"], any(report["cards"][n]["map50_95"] is not None for n in teachers)
     rows += ["", f"Gain over the same-recipe baseline: {report['gain_map50_95']:+.4f} mAP50-95, "
-             f"{report['gain_map50']:+.4f} mAP50; teacher-student gap closed: "
+             f"{report['gain_map50']:+.4f} mAP50; teacher-student gap closed"
+             f"{' (to the best teacher)' if len(teachers) > 1 else ''}: "
              + (f"{gap:.0%}." if gap is not None else "n/a (the teacher is not ahead of the baseline)." if scored
                 else "n/a (the teacher's classes differ from the dataset's)."),
              "One seed: a gain smaller than the seed-to-seed spread (benchmarks/gain.py measures it) is noise."]
@@ -93,8 +100,9 @@ def plot_curves(report: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, curve in report["curves"].items():
         ax.plot(range(1, len(curve) + 1), curve, marker="o", ms=3, label=name)
-    if report["cards"]["teacher"]["map50_95"] is not None:
-        ax.axhline(report["cards"]["teacher"]["map50_95"], color="#c33", ls="--", label="teacher")
+    for i, name in enumerate(report.get("teachers", ["teacher"])):
+        if report["cards"][name]["map50_95"] is not None:
+            ax.axhline(report["cards"][name]["map50_95"], color=("#c33", "#939", "#c73", "#3a3")[i % 4], ls="--", label=name)
     ax.set_xlabel("epoch")
     ax.set_ylabel("mAP50-95 (val)")
     ax.set_title("Distilled vs same-recipe baseline")

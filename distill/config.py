@@ -23,7 +23,8 @@ BALANCE_BY = ("value", "gradient")
 
 # key: (default, help)
 CORE_KEYS: dict[str, tuple[Any, str]] = {
-    "Distillation": (None, "teacher: .pt checkpoint, model .yaml, YOLO object or nn.Module"),
+    "Distillation": (None, "teacher: .pt checkpoint, model .yaml, YOLO object or nn.Module; or a list of them "
+                     "(several teachers)"),
     # Default = best measured: benchmarks/results/gain_all.md (kl at weight 0.5, 3 seeds, +0.018 mAP50-95
     # over the baseline; cwd+kl at the same kl weight +0.009).
     "loss_type": ("kl", "distillation loss name(s) from the registry, '+'-joined, e.g. 'cwd+kl'"),
@@ -40,8 +41,12 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
                               "weight meanwhile)"),
     "distill_balance_scales": (None, "the calibrated scales, {loss: scale}; written by training (resume keeps them), "
                                "or given to reuse another run's"),
-    "distill_teacher_fingerprint": (None, "written by training: a hash of the teacher's weights, checked on resume "
-                                    "and in DDP workers"),
+    "distill_teacher_weights": (None, "several teachers: their relative weights, e.g. '2,1' (default: equal). Each "
+                                "teacher's terms count with its weight over the sum, so the terms keep one teacher's scale"),
+    "distill_ensemble": (False, "several teachers: logit losses compare the student with the teachers' weighted mean "
+                         "probabilities (one target) instead of with each teacher in turn (one term each)"),
+    "distill_teacher_fingerprint": (None, "written by training: a hash of the teacher's weights (a list for several "
+                                    "teachers), checked on resume and in DDP workers"),
     "distill_layers": (None, "student layer indices to distil, e.g. '15,18,21'; negative ones count back from the "
                        "head (-1: the layer feeding it). Default: the Detect head inputs"),
     "distill_teacher_layers": (None, "teacher layer indices paired with distill_layers. Default: the teacher's "
@@ -85,6 +90,8 @@ class DistillSettings:
     balance_steps: int = 20
     balance_scales: dict[str, float] | None = None
     balance_by: str = "value"
+    teacher_weights: list[float] | None = None  # as given; None: equal
+    ensemble: bool = False
     unused: list[str] = field(default_factory=list)  # `<loss>_<param>` changed from default, loss not in use
     ignored: list[str] = field(default_factory=list)  # sentences: settings that the other settings override
 
@@ -126,7 +133,18 @@ class DistillSettings:
         balance_by = str(get("distill_balance_by") or "value").lower()
         if balance_by not in BALANCE_BY:
             raise ValueError(f"distill_balance_by must be one of {', '.join(BALANCE_BY)}, got {balance_by!r}.")
+        n_teachers = len(teacher_sources(get("Distillation")))
+        teacher_weights = parse_teacher_weights(get("distill_teacher_weights"), n_teachers)
+        ensemble = _flag(get("distill_ensemble"), "distill_ensemble")
         ignored = []
+        if n_teachers == 1 and (teacher_weights is not None or ensemble):
+            ignored.append("distill_teacher_weights / distill_ensemble are set, but there is one teacher")
+        if ensemble and n_teachers > 1 and not any(get_loss_class(n).kind == "logit" for n in losses):
+            ignored.append(f"distill_ensemble is set, but loss_type '{'+'.join(losses)}' has no logit loss to ensemble")
+        if ensemble and n_teachers > 1:
+            if lacking := [n for n in losses if get_loss_class(n).kind == "logit" and not get_loss_class(n).ensembles]:
+                raise ValueError(f"distill_ensemble: the logit loss(es) {', '.join(lacking)} have no ensemble target; "
+                                 "set distill_ensemble=False (one term per teacher).")
         if not balance and get("distill_balance_scales") not in (None, ""):
             ignored.append("distill_balance_scales is set but distill_balance is 0, so the losses' own weights apply")
         changed = [f"{n}_weight" for n in losses if params[n]["weight"] != get_loss_class(n).params["weight"][0]]
@@ -134,7 +152,19 @@ class DistillSettings:
             ignored.append(f"{', '.join(changed)} set, but distill_balance > 0 replaces the losses' weights by "
                            "calibrated scales")
         return cls(get("Distillation"), losses, params, weight, schedule, final, s_layers, t_layers,
-                   int(off), balance, int(steps), scales, balance_by, unused, ignored)
+                   int(off), balance, int(steps), scales, balance_by, teacher_weights, ensemble, unused, ignored)
+
+    @property
+    def teachers(self) -> list[Any]:
+        """The teacher sources, one per teacher (a list of one for a single teacher)."""
+        return teacher_sources(self.teacher)
+
+    @property
+    def shares(self) -> list[float]:
+        """Each teacher's share of the distillation terms: its weight over the sum (equal shares by default)."""
+        n = len(self.teachers)
+        weights = self.teacher_weights or [1.0] * n
+        return [w / sum(weights) for w in weights]
 
     def factor(self, epoch: int, epochs: int) -> float:
         """Schedule multiplier for 0-based `epoch` of `epochs`: 1 at the start, `final` at the last distilled epoch,
@@ -148,6 +178,38 @@ class DistillSettings:
         if self.schedule == "linear":
             return 1.0 - (1.0 - self.final) * p
         return self.final + (1.0 - self.final) * 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def teacher_sources(value: Any) -> list[Any]:
+    """`Distillation` as a list of teacher sources: [] for none, [x] for one, the items of a list or tuple."""
+    if value is None or value == "":
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def parse_teacher_weights(value: Any, n_teachers: int) -> list[float] | None:
+    """distill_teacher_weights ('2,1', [2, 1] or None) as one number >= 0 per teacher, not all 0; None: equal."""
+    if value is None or value == "":
+        return None
+    items = value.replace("[", "").replace("]", "").split(",") if isinstance(value, str) else (
+        list(value) if isinstance(value, (list, tuple)) else [value])
+    weights = [_number(v, "distill_teacher_weights", 1.0) for v in items if str(v).strip()]
+    if n_teachers and len(weights) != n_teachers:
+        raise ValueError(f"distill_teacher_weights gives {len(weights)} weight(s) for {n_teachers} teacher(s): give one "
+                         "per teacher, in the order of the teachers.")
+    if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
+        raise ValueError(f"distill_teacher_weights must be >= 0 and not all 0, got {value!r}.")
+    return weights
+
+
+def _flag(value: Any, name: str) -> bool:
+    if isinstance(value, str):
+        if value.strip().lower() in {"true", "1", "yes"}:
+            return True
+        if value.strip().lower() in {"false", "0", "no", "", "none"}:
+            return False
+        raise ValueError(f"{name} must be True or False, got {value!r}.")
+    return bool(value)
 
 
 def parse_scales(value: Any, losses: list[str]) -> dict[str, float] | None:

@@ -20,6 +20,7 @@ from distill.config import DistillSettings
 from distill.connectors import align, build_connectors
 from distill.features import FeatureRecorder, detect_inputs, pair_layers, probe_shapes
 from distill.losses import build_loss, class_free_losses
+from distill.teachers import Teacher, modules_of
 
 MODULES_ATTR = "distill_modules"  # student attribute holding connectors and loss-owned layers
 OFF = ([], None)  # teacher outputs of a step whose distillation factor is 0 (no teacher forward)
@@ -49,66 +50,93 @@ def head_pairs(student_preds: Any, teacher_preds: Any) -> list[tuple[dict, dict]
 
 
 class Distiller:
-    """Owns the frozen teacher, the hooks and the losses; the trainable parts live in the student."""
+    """Owns the frozen teacher(s), the hooks and the losses; the trainable parts live in the student."""
 
-    def __init__(self, teacher: nn.Module, settings: DistillSettings, class_map: ClassMap | None = None) -> None:
-        self.teacher = teacher
-        self.class_map = class_map  # logit losses: the teacher's score rows for the dataset's classes, by name
+    def __init__(self, teachers: list[Teacher] | nn.Module, settings: DistillSettings,
+                 class_map: ClassMap | None = None) -> None:
+        """teachers: Teacher records, or one frozen model (with its `class_map`)."""
+        if isinstance(teachers, nn.Module):
+            teachers = [Teacher(teachers, str(settings.teacher), 1.0, class_map)]
+        self.teachers = list(teachers)
         self.settings = settings
         self.losses = {name: build_loss(name, settings.loss_params.get(name)) for name in settings.losses}
         kinds = {loss.kind for loss in self.losses.values()}
         self.needs_features = bool(kinds & {"feature", "cross"})
         self.needs_logits = bool(kinds & {"logit", "cross"})  # cross: the teacher's own head outputs
+        self.ensemble = settings.ensemble and len(self.teachers) > 1
+        if self.ensemble and len({t.class_map.student if t.class_map else None for t in self.teachers}) > 1:
+            raise ValueError("distill_ensemble needs teachers that teach the same dataset classes, but their class "
+                             "lists cover different ones; set distill_ensemble=False (one term per teacher).")
         self.student_layers: list[int] = []
-        self.teacher_layers: list[int] = []
-        # Without a logit loss the teacher's head is never needed: stop its forward at the last hooked layer.
-        self._teacher_rec = FeatureRecorder(stop_when_complete=not self.needs_logits)
+        for t in self.teachers:  # without a logit loss a teacher's head is never needed: stop at its last hooked layer
+            t.recorder = FeatureRecorder(stop_when_complete=not self.needs_logits)
         self._student_rec = FeatureRecorder()
-        self._teacher_out: tuple[list[torch.Tensor], Any] | None = None  # (hooked maps, raw head output or None)
+        self._teacher_out: list[tuple[list[torch.Tensor], Any]] | None = None  # per teacher: (maps, raw head or None)
         self._student: nn.Module | None = None
         self.factor = 1.0
         self.balancer = (Balancer(settings.balance, settings.balance_steps, list(self.losses), settings.balance_scales,
                                   fallback={n: loss.weight for n, loss in self.losses.items()})
                          if settings.balance > 0 else None)
 
+    @property
+    def teacher(self) -> nn.Module:
+        """The first teacher's model (the only one, usually)."""
+        return self.teachers[0].model
+
+    @property
+    def teacher_layers(self) -> list[int]:
+        """The first teacher's layers paired with the student's."""
+        return self.teachers[0].layers
+
     # ---- set-up -------------------------------------------------------------------------------------------------
     def to(self, device: torch.device) -> "Distiller":
-        """Put the teacher on `device`, the student's training device."""
-        self.teacher.to(device)
+        """Put the teachers on `device`, the student's training device."""
+        for t in self.teachers:
+            t.model.to(device)
         return self
 
     def attach(self, student: nn.Module, weights: nn.Module | None = None) -> None:
         """Resolve layers, probe shapes, check compatibility, and give `student` its trainable modules,
         keeping those it already has or `weights` carries (resume) when they fit. Idempotent."""
-        s = self.settings
-        self.student_layers, self.teacher_layers = pair_layers(student, self.teacher, s.student_layers, s.teacher_layers)
-        if len(self.student_layers) != len(self.teacher_layers):
-            raise ValueError(
-                f"the student ({model_name(student)}) distils {len(self.student_layers)} levels (layers "
-                f"{self.student_layers}) but the teacher ({model_name(self.teacher)}) {len(self.teacher_layers)} "
-                f"(layers {self.teacher_layers}), e.g. a P2 model against a P3-P5 one. Pair them explicitly with "
-                "distill_layers and distill_teacher_layers of equal length."
-            )
-        if any(loss.kind == "logit" for loss in self.losses.values()):
-            self._check_heads(student)
-        cross = [name for name, loss in self.losses.items() if loss.kind == "cross"]
-        if cross and (self.student_layers != detect_inputs(student) or self.teacher_layers != detect_inputs(self.teacher)):
-            raise ValueError(
-                f"{'+'.join(cross)} runs the teacher's head on the student's Detect inputs, so it needs those layers: "
-                f"student {detect_inputs(student)}, teacher {detect_inputs(self.teacher)} (got {self.student_layers} "
-                f"and {self.teacher_layers}). Leave distill_layers / distill_teacher_layers unset."
-            )
+        s, n = self.settings, len(self.teachers)
+        for i, t in enumerate(self.teachers):
+            who = f"the teacher ({model_name(t.model)})" if n == 1 else f"teacher {i + 1} ({model_name(t.model)})"
+            student_layers, t.layers = pair_layers(student, t.model, s.student_layers, s.teacher_layers)
+            if len(student_layers) != len(t.layers):
+                raise ValueError(
+                    f"the student ({model_name(student)}) distils {len(student_layers)} levels (layers "
+                    f"{student_layers}) but {who} {len(t.layers)} (layers {t.layers}), e.g. a P2 model against a "
+                    "P3-P5 one. Pair them explicitly with distill_layers and distill_teacher_layers of equal length."
+                )
+            if i and student_layers != self.student_layers:
+                raise ValueError(f"the teachers pair different student layers ({self.student_layers} for teacher 1, "
+                                 f"{student_layers} for {who}); set distill_layers.")
+            self.student_layers = student_layers
+            if any(loss.kind == "logit" for loss in self.losses.values()):
+                self._check_heads(student, t, who)
+            cross = [name for name, loss in self.losses.items() if loss.kind == "cross"]
+            if cross and (self.student_layers != detect_inputs(student) or t.layers != detect_inputs(t.model)):
+                raise ValueError(
+                    f"{'+'.join(cross)} runs the teacher's head on the student's Detect inputs, so it needs those "
+                    f"layers: student {detect_inputs(student)}, {who} {detect_inputs(t.model)} (got "
+                    f"{self.student_layers} and {t.layers}). Leave distill_layers / distill_teacher_layers unset."
+                )
         if not self.needs_features:
             return
         s_shapes = probe_shapes(student, self.student_layers, "student")
-        t_shapes = probe_shapes(self.teacher, self.teacher_layers, "teacher")
-        s_channels, t_channels = [c for c, _, _ in s_shapes], [c for c, _, _ in t_shapes]
+        s_channels = [c for c, _, _ in s_shapes]
         # Connectors only where a loss compares channels one to one; the others see the student's own maps.
         projected = any(loss.kind in ("feature", "cross") and loss.aligns_channels for loss in self.losses.values())
-        modules = nn.ModuleDict({"connectors": build_connectors(s_channels, t_channels if projected else s_channels)})
-        for name, loss in self.losses.items():
-            if (extra := loss.build(t_channels)) is not None:
-                modules[name] = extra
+        per_teacher, described = [], []
+        for t in self.teachers:
+            t_channels = [c for c, _, _ in probe_shapes(t.model, t.layers, "teacher")]
+            own = nn.ModuleDict({"connectors": build_connectors(s_channels, t_channels if projected else s_channels)})
+            for name, loss in self.losses.items():
+                if (extra := loss.build(t_channels)) is not None:
+                    own[name] = extra
+            per_teacher.append(own)
+            described.append(f"teacher layers {t.layers} {t_channels}")
+        modules = per_teacher[0] if n == 1 else nn.ModuleDict({f"teacher{i}": m for i, m in enumerate(per_teacher)})
         fresh = modules.state_dict()
         # Keep trained connectors: the student's own (a DDP worker receives the built student) or the
         # checkpoint's (resume), when they fit these losses and layers.
@@ -119,49 +147,49 @@ class Distiller:
             if state.keys() == fresh.keys() and all(state[k].shape == fresh[k].shape for k in state):
                 modules.load_state_dict(state)
             else:
-                LOGGER.warning("Distillation: saved connectors do not fit these losses/layers; starting fresh.")
+                LOGGER.warning("Distillation: saved connectors do not fit these losses/layers/teachers; starting fresh.")
         setattr(student, MODULES_ATTR, modules.to(next(student.parameters()).device))
-        LOGGER.info(
-            f"Distillation: losses {'+'.join(self.losses)}, student layers {self.student_layers} "
-            f"{s_channels} -> teacher layers {self.teacher_layers} {t_channels}"
-        )
+        LOGGER.info(f"Distillation: losses {'+'.join(self.losses)}, student layers {self.student_layers} {s_channels} "
+                    f"-> {'; '.join(described)}")
 
-    def _check_heads(self, student: nn.Module) -> None:
-        sh, th = student.model[-1], self.teacher.model[-1]
-        if self.class_map is None and sh.nc != th.nc:
+    def _check_heads(self, student: nn.Module, teacher: Teacher, who: str) -> None:
+        sh, th = student.model[-1], teacher.head
+        if teacher.class_map is None and sh.nc != th.nc:
             raise ValueError(
-                f"logit distillation needs the same classes, but the student has {sh.nc} and the teacher {th.nc}. "
+                f"logit distillation needs the same classes, but the student has {sh.nc} and {who} {th.nc}. "
                 f"Use a teacher trained on this dataset, or a loss that needs no shared classes ({', '.join(class_free_losses())})."
             )
-        if list(student.stride) != list(self.teacher.stride):
+        if list(student.stride) != list(teacher.model.stride):
             raise ValueError(
                 f"logit distillation needs the same head strides: student {student.stride.tolist()}, "
-                f"teacher {self.teacher.stride.tolist()}."
+                f"{who} {teacher.model.stride.tolist()}."
             )
         if (getattr(sh, "one2one_cv2", None) is None) != (getattr(th, "one2one_cv2", None) is None):
-            LOGGER.info("Distillation: only one model has an end-to-end (one-to-one) head branch; the logit loss "
-                        "distils the dense branch they share and skips the one-to-one branch.")
+            LOGGER.info(f"Distillation: only one of the student and {who} has an end-to-end (one-to-one) head "
+                        "branch; the logit loss distils the dense branch they share and skips the one-to-one branch.")
         if sh.reg_max != th.reg_max:
             LOGGER.info(
-                f"Distillation: student reg_max {sh.reg_max}, teacher reg_max {th.reg_max}: boxes are distilled as "
+                f"Distillation: student reg_max {sh.reg_max}, {who} reg_max {th.reg_max}: boxes are distilled as "
                 "decoded side distances (L1 + GIoU), not as distributions."
             )
 
     # ---- per step -----------------------------------------------------------------------------------------------
     def before_forward(self, student: nn.Module, img: torch.Tensor, epoch: int, epochs: int) -> None:
-        """Run the teacher on `img` (no graph), arm the student's hooks, make sure the criterion distils."""
+        """Run the teachers on `img` (no graph), arm the student's hooks, make sure the criterion distils."""
         if not isinstance(getattr(student, "criterion", None), DistillationCriterion):
             student.criterion = DistillationCriterion(getattr(student, "criterion", None) or student.init_criterion(), self)
         self.factor = self.settings.factor(epoch, epochs)
         self._student = student
-        if self.factor == 0:  # e.g. the distillation-free tail: the terms are 0, so the teacher need not run
+        if self.factor == 0:  # e.g. the distillation-free tail: the terms are 0, so the teachers need not run
             self._student_rec.disarm()
             self._teacher_out = OFF
             return
-        with torch.no_grad(), self._teacher_rec.armed([self.teacher.model[i] for i in self.teacher_layers]):
-            out = self._teacher_rec.run(self.teacher, img)
-            t_feats = self._teacher_rec.take()
-        self._teacher_out = (t_feats, out if self.needs_logits else None)
+        outputs = []
+        for t in self.teachers:
+            with torch.no_grad(), t.recorder.armed([t.model.model[i] for i in t.layers]):
+                out = t.recorder.run(t.model, img)
+                outputs.append((t.recorder.take(), out if self.needs_logits else None))
+        self._teacher_out = outputs
         self._student_rec.arm([student.model[i] for i in self.student_layers])
 
     def release(self) -> None:
@@ -175,36 +203,26 @@ class Distiller:
         return self._teacher_out is not None
 
     def terms(self, preds: Any, detection: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted distillation terms, shape (n_losses,), per image (not yet scaled by batch size), fp32.
-        detection: this batch's detection loss per image (scalar), which self-balancing calibrates against."""
+        """Weighted distillation terms, shape (n_losses,), per image (not yet scaled by batch size), fp32. With several
+        teachers each term is the share-weighted sum of the teachers' terms (or, for a logit loss under
+        distill_ensemble, one term against their mean). detection: this batch's detection loss per image
+        (scalar), which self-balancing calibrates against."""
         if self._teacher_out is OFF:  # same columns and loss vector length as every other step, all zero
             self._teacher_out = None
             zeros = torch.zeros(len(self.losses), device=next(self._student.parameters()).device)
             return zeros, {f"{name}_loss": zeros[i] for i, name in enumerate(self.losses)}
         s_feats = self._student_rec.take()
-        t_feats, t_head = self._teacher_out
-        self._teacher_out = None
-        device = s_feats[0].device
+        outputs, self._teacher_out = self._teacher_out, None
         values, raws, items = [], [], {}
-        with torch.autocast(device.type, enabled=False):  # losses in fp32 whatever the AMP setting
-            if self.needs_features:
-                modules = getattr(self._student, MODULES_ATTR)
-                t32 = [t.float() for t in t_feats]
-                aligned = [align(c, s.float(), t.shape[-2:]) for c, s, t in zip(modules["connectors"], s_feats, t32)]
-                own = ([align(nn.Identity(), s.float(), t.shape[-2:]) for s, t in zip(s_feats, t32)]
-                       if any(not loss.aligns_channels for loss in self.losses.values() if loss.kind == "feature") else None)
+        with torch.autocast(s_feats[0].device.type, enabled=False):  # losses in fp32 whatever the AMP setting
+            views = [self._view(i, s_feats, t_feats) for i, (t_feats, _) in enumerate(outputs)]
+            heads = [self._head_pairs(preds, t, t_head) for t, (_, t_head) in zip(self.teachers, outputs)]
             for name, loss in self.losses.items():
-                if loss.kind == "feature":
-                    value = loss(aligned if loss.aligns_channels else own, t32, modules[name] if name in modules else None)
-                elif loss.kind == "cross":  # the teacher's head on the student's aligned maps, against its own output
-                    head = self.teacher.model[-1]
-                    own_out = raw_head(t_head)
-                    value = loss(head.forward_head(aligned, **head.one2many), own_out.get("one2many", own_out))
+                if loss.kind == "logit" and self.ensemble:
+                    value = self._ensemble_term(loss, heads)
                 else:
-                    pairs = head_pairs(preds, t_head)  # end-to-end heads: both branches
-                    if self.class_map is not None:
-                        pairs = [self.class_map.select(s, t) for s, t in pairs]
-                    value = sum(loss(s, t) for s, t in pairs)
+                    value = sum(t.share * self._term(name, loss, t, view, pairs, t_head)
+                                for t, view, pairs, (_, t_head) in zip(self.teachers, views, heads, outputs))
                 raws.append(value)
                 weight = loss.weight if self.balancer is None else self.balancer.scale(name)
                 value = value * (weight * self.settings.weight * self.factor)
@@ -218,6 +236,45 @@ class Distiller:
             else:
                 self.balancer.observe(detection.detach(), torch.stack([r.detach() for r in raws]))
         return torch.stack(values), items
+
+    def _view(self, index: int, s_feats: list[torch.Tensor], t_feats: list[torch.Tensor]) -> dict | None:
+        """What teacher `index`'s feature and cross losses see: its fp32 maps, the student's maps through its
+        connectors (`aligned`) and unprojected on its grid (`own`), and its loss layers."""
+        if not self.needs_features:
+            return None
+        modules = modules_of(getattr(self._student, MODULES_ATTR), index, len(self.teachers))
+        t32 = [t.float() for t in t_feats]
+        aligned = [align(c, s.float(), t.shape[-2:]) for c, s, t in zip(modules["connectors"], s_feats, t32)]
+        own = ([align(nn.Identity(), s.float(), t.shape[-2:]) for s, t in zip(s_feats, t32)]
+               if any(not loss.aligns_channels for loss in self.losses.values() if loss.kind == "feature") else None)
+        return {"teacher": t32, "aligned": aligned, "own": own, "modules": modules}
+
+    def _head_pairs(self, preds: Any, teacher: Teacher, t_head: Any) -> list[tuple[dict, dict]] | None:
+        """(student, teacher) raw head dicts for the logit losses, cut to the teacher's class map."""
+        if t_head is None or not any(loss.kind == "logit" for loss in self.losses.values()):
+            return None
+        pairs = head_pairs(preds, t_head)  # end-to-end heads: both branches
+        return [teacher.class_map.select(s, t) for s, t in pairs] if teacher.class_map is not None else pairs
+
+    def _term(self, name: str, loss: Any, teacher: Teacher, view: dict | None, pairs: list | None,
+              t_head: Any) -> torch.Tensor:
+        """One loss against one teacher."""
+        if loss.kind == "feature":
+            modules = view["modules"]
+            return loss(view["aligned"] if loss.aligns_channels else view["own"], view["teacher"],
+                        modules[name] if name in modules else None)
+        if loss.kind == "cross":  # the teacher's head on the student's aligned maps, against its own output
+            head, own_out = teacher.head, raw_head(t_head)
+            return loss(head.forward_head(view["aligned"], **head.one2many), own_out.get("one2many", own_out))
+        return sum(loss(s, t) for s, t in pairs)
+
+    def _ensemble_term(self, loss: Any, heads: list[list[tuple[dict, dict]]]) -> torch.Tensor:
+        """A logit loss against the teachers' mean, branch by branch (the one-to-one branch only when every teacher
+        has one)."""
+        shares = [t.share for t in self.teachers]
+        branches = min(len(pairs) for pairs in heads)
+        return sum(loss(heads[0][b][0], loss.ensemble(heads[0][b][0], [pairs[b][1] for pairs in heads], shares))
+                   for b in range(branches))
 
 
 def grad_norm(value: torch.Tensor, inputs: list[torch.Tensor]) -> torch.Tensor:

@@ -67,10 +67,17 @@ def fingerprint(teacher: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def teacher_save_path(save_dir: Path, ddp_launch: bool) -> Path:
-    """Where an in-memory teacher is written. Inside the run folder, except when launching DDP:
-    Ultralytics deletes the run folder before its workers start, so the file goes beside it."""
-    return save_dir.with_name(f"{save_dir.name}-teacher.pt") if ddp_launch else save_dir / "teacher.pt"
+def teacher_save_path(save_dir: Path, ddp_launch: bool, index: int | None = None) -> Path:
+    """Where an in-memory teacher is written: teacher.pt, or teacher<index + 1>.pt for one of several. Inside the
+    run folder, except when launching DDP: Ultralytics deletes the run folder before its workers start, so the
+    file goes beside it."""
+    name = "teacher.pt" if index is None else f"teacher{index + 1}.pt"
+    return save_dir.with_name(f"{save_dir.name}-{name}") if ddp_launch else save_dir / name
+
+
+def is_teacher_file(path: Path) -> bool:
+    """Whether `path` is a teacher written into a run folder by `teacher_save_path`."""
+    return path.suffix == ".pt" and path.stem.startswith("teacher") and path.stem[7:] in ("", *map(str, range(1, 100)))
 
 
 def freeze(teacher: nn.Module, device: torch.device | str = "cpu") -> nn.Module:

@@ -17,11 +17,12 @@ from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_m
 
 from distill.amp_check import OfflineAMPCheck
 from distill.classmap import check_classes, class_map, dataset_names
-from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings
+from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings, teacher_sources
 from distill.distiller import MODULES_ATTR, Distiller
 from distill.losses import get_loss_class
-from distill.teacher import (atomic_save, fingerprint, freeze, load_teacher, needs_teacher_file,
+from distill.teacher import (atomic_save, fingerprint, freeze, is_teacher_file, load_teacher, needs_teacher_file,
                              save_teacher, teacher_save_path)
+from distill.teachers import Teacher
 
 
 class PlainDetectionTrainer(OfflineAMPCheck, DetectionTrainer):
@@ -37,27 +38,35 @@ class DistillationTrainer(OfflineAMPCheck, DetectionTrainer):
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         overrides = dict(overrides or {})
-        source = overrides.get("Distillation")
-        teacher = None
-        if not isinstance(source, (str, Path, type(None))):  # YOLO object or nn.Module
-            teacher, overrides["Distillation"] = load_teacher(source), IN_MEMORY_TEACHER
+        sources = teacher_sources(overrides.get("Distillation"))
+        loaded: list[nn.Module | None] = [None] * len(sources)
+        for i, source in enumerate(sources):
+            if not isinstance(source, (str, Path)):  # YOLO object or nn.Module
+                loaded[i], sources[i] = load_teacher(source), IN_MEMORY_TEACHER
+        if sources:  # one teacher is a value, several a list (a list of one is one teacher)
+            overrides["Distillation"] = sources if len(sources) > 1 else sources[0]
         if not overrides.get("resume"):
-            teacher = preflight(cfg, overrides, teacher)  # fails before Ultralytics creates the run folder
+            loaded = preflight(cfg, overrides, loaded)  # fails before Ultralytics creates the run folder
         super().__init__(cfg, overrides, _callbacks)
         try:
             settings = DistillSettings.from_args(self.args)
-            if teacher is None:  # resume: rebuilt from the path recorded in the checkpoint's args
-                teacher = load_teacher(settings.teacher, nc=self.data["nc"])
-            # A resumed run and a DDP worker must find the teacher the run started with.
-            check_fingerprint(teacher, self.args, verify=bool(self.resume) or RANK != -1)
-            if needs_teacher_file(self.args.Distillation) and RANK in {-1, 0}:
-                # DDP workers and resume rebuild the trainer from args alone: give the teacher a file, so that
-                # every rank and every resume gets these weights (a .yaml would be re-randomised each time).
-                path = save_teacher(teacher, teacher_save_path(self.save_dir, self.ddp))
-                self.args.Distillation = settings.teacher = str(path)
+            sources = settings.teachers
+            if len(loaded) != len(sources):  # resume: rebuilt from the paths recorded in the checkpoint's args
+                loaded = [None] * len(sources)
+            teachers = [m if m is not None else load_teacher(src, nc=self.data["nc"]) for m, src in zip(loaded, sources)]
+            # A resumed run and a DDP worker must find the teachers the run started with.
+            check_fingerprint(teachers, self.args, verify=bool(self.resume) or RANK != -1)
+            several = len(sources) > 1
+            for i, (teacher, source) in enumerate(zip(teachers, sources)):
+                if needs_teacher_file(source) and RANK in {-1, 0}:
+                    # DDP workers and resume rebuild the trainer from args alone: give the teacher a file, so that
+                    # every rank and every resume gets these weights (a .yaml would be re-randomised each time).
+                    sources[i] = str(save_teacher(teacher, teacher_save_path(self.save_dir, self.ddp, i if several else None)))
+            self.args.Distillation = settings.teacher = list(sources) if several else sources[0]
             if RANK in {-1, 0}:
                 YAML.save(self.save_dir / "args.yaml", vars(self.args))
-            cmap = class_map(teacher, dataset_names(self.data), settings)  # resume: checked here, not in preflight
+            names = dataset_names(self.data)
+            cmaps = [class_map(t, names, settings) for t in teachers]  # resume: checked here, not in preflight
         except Exception:
             self._discard_run()
             raise
@@ -65,7 +74,8 @@ class DistillationTrainer(OfflineAMPCheck, DetectionTrainer):
             LOGGER.warning("Distillation: 'compile' is disabled because feature hooks need eager mode.")
             self.args.compile = False
         # On the CPU until _setup_train: a DDP worker learns its own GPU only there (_setup_ddp).
-        self.distiller = Distiller(freeze(teacher), settings, cmap)
+        self.distiller = Distiller([Teacher(freeze(t), str(src), share, cmap) for t, src, share, cmap
+                                    in zip(teachers, sources, settings.shares, cmaps)], settings)
 
     def _setup_train(self):
         """Ultralytics' set-up, with the teacher first moved to this rank's device (final by now)."""
@@ -106,7 +116,8 @@ class DistillationTrainer(OfflineAMPCheck, DetectionTrainer):
         run, weights = self.save_dir, self.save_dir / "weights"
         if not run.is_dir() or self.resume:
             return
-        if {p.name for p in run.iterdir()} <= {"args.yaml", "weights", "teacher.pt", "labels.jpg"} and not (
+        setup = {"args.yaml", "weights", "labels.jpg"}
+        if all(p.name in setup or is_teacher_file(p) for p in run.iterdir()) and not (
             weights.is_dir() and any(weights.iterdir())
         ):
             shutil.rmtree(run, ignore_errors=True)
@@ -156,11 +167,19 @@ class DistillationTrainer(OfflineAMPCheck, DetectionTrainer):
         return super().final_eval()
 
     def distill_record(self) -> dict[str, Any]:
-        """Plain-typed summary of how the student was distilled, stored as ckpt['distill']."""
-        s = self.distiller.settings
+        """Plain-typed summary of how the student was distilled, stored as ckpt['distill']. The per-teacher entries
+        (teacher, teacher_fingerprint, teacher_layers, class_map) are values for one teacher, lists for several."""
+        s, d = self.distiller.settings, self.distiller
+        one = len(d.teachers) == 1
+
+        def per_teacher(values: list) -> Any:
+            return values[0] if one else values
+
         return {
-            "teacher": str(s.teacher),
+            "teacher": per_teacher([t.source for t in d.teachers]),
             "teacher_fingerprint": self.args.distill_teacher_fingerprint,
+            "teacher_shares": [t.share for t in d.teachers],  # distill_teacher_weights over their sum
+            "ensemble": d.ensemble,
             "losses": list(s.losses),
             "params": copy(s.loss_params),
             "weight": s.weight,
@@ -170,27 +189,36 @@ class DistillationTrainer(OfflineAMPCheck, DetectionTrainer):
             "balance": s.balance,
             "balance_by": s.balance_by,
             "balance_scales": dict(s.balance_scales) if s.balance_scales else None,
-            "student_layers": list(self.distiller.student_layers),
-            "teacher_layers": list(self.distiller.teacher_layers),
+            "student_layers": list(d.student_layers),
+            "teacher_layers": per_teacher([list(t.layers) for t in d.teachers]),
             # logit losses: dataset class index -> the teacher class index whose score taught it (None: the same)
-            "class_map": dict(zip(cmap.student, cmap.teacher)) if (cmap := self.distiller.class_map) else None,
+            "class_map": per_teacher([dict(zip(t.class_map.student, t.class_map.teacher)) if t.class_map else None
+                                      for t in d.teachers]),
         }
 
 
-def check_fingerprint(teacher: nn.Module, args: Any, verify: bool) -> None:
-    """Record the teacher's fingerprint in `args` (saved with every checkpoint); with `verify` (resume, DDP workers),
-    first refuse a teacher whose weights differ from the recorded ones."""
-    print_ = fingerprint(teacher)
+def check_fingerprint(teachers: list[nn.Module], args: Any, verify: bool) -> None:
+    """Record the teachers' fingerprints in `args` (saved with every checkpoint: a string for one teacher, a list for
+    several); with `verify` (resume, DDP workers), first refuse a teacher whose weights differ from the recorded ones."""
+    prints = [fingerprint(t) for t in teachers]
     recorded = getattr(args, "distill_teacher_fingerprint", None)
-    if verify and recorded and recorded != print_:
-        raise ValueError(f"the teacher at {args.Distillation} is not the one this run started with (weights "
-                         f"fingerprint {print_}, recorded {recorded}): it was changed or replaced. Restore that "
-                         "file, or start a new run instead of resuming.")
-    args.distill_teacher_fingerprint = print_
+    if verify and recorded:
+        recorded = teacher_sources(recorded)
+        sources = teacher_sources(args.Distillation)
+        for i, (now, then) in enumerate(zip(prints, recorded)):
+            if now != then:
+                raise ValueError(f"the teacher at {sources[i]} is not the one this run started with (weights "
+                                 f"fingerprint {now}, recorded {then}): it was changed or replaced. Restore that "
+                                 "file, or start a new run instead of resuming.")
+        if len(recorded) != len(prints):
+            raise ValueError(f"this run started with {len(recorded)} teacher(s), but {len(prints)} are given now; "
+                             "resume with the teachers it started with.")
+    args.distill_teacher_fingerprint = prints[0] if len(prints) == 1 else prints
 
 
-def preflight(cfg: Any, overrides: dict, teacher: nn.Module | None) -> nn.Module:
-    """Check arguments, dataset and teacher before any file is written; returns the loaded teacher."""
+def preflight(cfg: Any, overrides: dict, loaded: list[nn.Module | None]) -> list[nn.Module]:
+    """Check arguments, dataset and teachers before any file is written; returns the loaded teachers. loaded: the
+    teachers given as objects (None where a path is given), in the order of `Distillation`."""
     args = get_cfg(cfg, overrides)
     settings = DistillSettings.from_args(args)  # loss names and hyperparameters
     if settings.unused:
@@ -198,17 +226,30 @@ def preflight(cfg: Any, overrides: dict, teacher: nn.Module | None) -> nn.Module
                        f"'{'+'.join(settings.losses)}', so they have no effect.")
     for sentence in settings.ignored:
         LOGGER.warning(f"Distillation: {sentence}.")
-    if settings.teacher is None:
-        raise ValueError("no teacher given: pass Distillation=<teacher .pt | .yaml | YOLO | nn.Module> (CLI: --teacher).")
+    sources = settings.teachers
+    if not sources:
+        raise ValueError("no teacher given: pass Distillation=<teacher .pt | .yaml | YOLO | nn.Module> or a list of "
+                         "them (CLI: --teacher).")
     data = check_det_dataset(args.data) if args.data else None  # what the trainer loads next anyway
-    if teacher is None:
-        teacher = load_teacher(settings.teacher, nc=data["nc"] if data else None)
-    if data is not None:
-        check_classes(teacher, dataset_names(data), settings)
-    if Path(str(settings.teacher)).suffix in {".yaml", ".yml"}:
-        LOGGER.warning(f"Distillation: the teacher is built from {settings.teacher}, so its weights are random: it "
-                       "teaches nothing (only useful to test a set-up). Pass a trained .pt checkpoint.")
-    return teacher
+    teachers, maps = [], []
+    for i, (model, source) in enumerate(zip(loaded, sources)):
+        name = "the teacher" if len(sources) == 1 else f"teacher {i + 1} ({source})"
+        who = "" if len(sources) == 1 else f"{name}: "
+        try:
+            teacher = model if model is not None else load_teacher(source, nc=data["nc"] if data else None)
+            if data is not None:
+                check_classes(teacher, dataset_names(data), settings, name)
+                maps.append(class_map(teacher, dataset_names(data), settings))
+        except (ValueError, FileNotFoundError) as e:
+            raise type(e)(f"{who}{e}") from None
+        if Path(str(source)).suffix in {".yaml", ".yml"}:
+            LOGGER.warning(f"Distillation: {who}the teacher is built from {source}, so its weights are random: it "
+                           "teaches nothing (only useful to test a set-up). Pass a trained .pt checkpoint.")
+        teachers.append(teacher)
+    if settings.ensemble and len(maps) > 1 and len({m.student if m else None for m in maps}) > 1:
+        raise ValueError("distill_ensemble needs teachers that teach the same dataset classes, but their class lists "
+                         "cover different ones; set distill_ensemble=False (one term per teacher).")
+    return teachers
 
 
 def distill_arg_keys() -> set[str]:

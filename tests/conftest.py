@@ -36,6 +36,18 @@ def teacher_pt(tmp_path_factory, data_yaml) -> str:
     return str(project / "t" / "weights" / "last.pt")
 
 
+@pytest.fixture(scope="session")
+def teacher11_pt(tmp_path_factory, data_yaml) -> str:
+    """A yolo11n checkpoint trained for one epoch on the tiny data: a second teacher of another family and widths."""
+    from ultralytics import YOLO
+
+    from distill.trainer import PlainDetectionTrainer
+
+    project = tmp_path_factory.mktemp("teacher11")
+    YOLO("yolo11n.yaml").train(data=data_yaml, project=str(project), name="t", trainer=PlainDetectionTrainer, **TRAIN)
+    return str(project / "t" / "weights" / "last.pt")
+
+
 @pytest.fixture()
 def project(tmp_path) -> str:
     return str(tmp_path / "runs")

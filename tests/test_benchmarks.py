@@ -150,6 +150,30 @@ def test_convergence_of_the_teacher_fills_the_teacher_cache(tmp_path):
     assert done.stdout.split("PATH ")[1].strip() == rows["2"]["weights"] and "Epoch" not in done.stdout + done.stderr
 
 
+def test_convergence_teacher_of_another_model_with_train_overrides(tmp_path, data_yaml):
+    """--teacher --model trains that YAML through the teacher cache, and --set replaces recipe arguments (how the
+    BCCD teacher got mosaic): both reach the checkpoint's train args and the results' recipe."""
+    import torch
+
+    env = {"DISTILL_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "t"
+    _run("convergence.py", "--teacher", "--model", "yolov8n.yaml", "--data", data_yaml, "--imgsz", "64",
+         "--set", "mosaic=1.0", "close_mosaic=0", "--epochs", "1", "--out", str(out), env=env)
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["meta"]["model"] == "yolov8n.yaml"
+    assert result["meta"]["recipe"]["mosaic"] == 1.0 and result["meta"]["recipe"]["close_mosaic"] == 0
+    (cached,) = (tmp_path / "cache" / "teachers").glob("*.pt")
+    assert cached.name.startswith("yolov8n-") and result["runs"]["1"][0]["weights"] == str(cached)
+    args = torch.load(cached, map_location="cpu", weights_only=False)["train_args"]
+    assert (args["mosaic"], args["close_mosaic"], args["imgsz"]) == (1.0, 0, 64)
+    done = _run("convergence.py", "--teacher", "--data", data_yaml, "--set", "mosaic", "--epochs", "1",
+                "--out", str(tmp_path / "bad"), env=env, rc=2)
+    assert "key=value" in done.stderr and not (tmp_path / "bad.json").exists()
+    done = _run("convergence.py", "--quick", "--set", "mosaic=1.0", "--epochs", "1", "--out", str(tmp_path / "bad"),
+                env=env, rc=2)
+    assert "go with --data" in done.stderr and not (tmp_path / "bad.json").exists()
+
+
 def test_gain_quick(tmp_path):
     out = tmp_path / "gain"
     _run("gain.py", "--quick", "--seeds", "2", "--methods", METHODS, "--note", "smoke", "--out", str(out))
@@ -215,6 +239,38 @@ def test_gain_with_a_given_teacher(tmp_path, data_yaml, teacher_pt):
     assert not (tmp_path / "cache" / "teachers").exists()
     done = _run("gain.py", "--data", data_yaml, "--teacher", str(tmp_path / "gone.pt"), rc=2)
     assert "--teacher" in done.stderr and "not a .pt checkpoint on disk" in done.stderr
+
+
+def test_gain_with_two_teachers(tmp_path, data_yaml, teacher_pt, teacher11_pt):
+    """--teacher a.pt b.pt: methods use both unless their spec picks one; the gap is measured to the better teacher;
+    each run records the teachers it had. A spec naming a teacher that is not given fails before any training."""
+    out = tmp_path / "two"
+    _run("gain.py", "--data", data_yaml, "--task", "quick", "--teacher", teacher_pt, teacher11_pt, "--epochs", "1",
+         "--seeds", "1", "--methods", "baseline;kl:teachers=2;kl;kl:distill_ensemble=True", "--out", str(out),
+         env={"DISTILL_CACHE_DIR": str(tmp_path / "cache")})
+    result = json.loads(out.with_suffix(".json").read_text())
+    meta, methods = result["meta"], result["methods"]
+    given = [str(Path(teacher_pt).resolve()), str(Path(teacher11_pt).resolve())]
+    assert meta["teacher"] == given and len(meta["teacher_maps"]) == 2
+    assert meta["teacher_map50_95"] == max(meta["teacher_maps"])
+    assert methods["kl:teachers=2"]["runs"][0]["teachers"] == given[1:]
+    assert methods["kl"]["runs"][0]["teachers"] == methods["kl:distill_ensemble=True"]["runs"][0]["teachers"] == given
+    assert all(m["runs"][0]["train_losses"]["kl_loss"][0] > 0 for spec, m in methods.items() if spec != "baseline")
+    assert "teachers 1: " in out.with_suffix(".md").read_text()
+    done = _run("gain.py", "--data", data_yaml, "--task", "quick", "--teacher", teacher_pt, teacher11_pt,
+                "--methods", "kl:teachers=3", "--out", str(tmp_path / "bad"), rc=2)
+    assert "teachers=3, but 2 teacher(s) are given" in done.stderr and not (tmp_path / "bad.json").exists()
+
+
+def test_overhead_with_two_teachers(tmp_path):
+    out = tmp_path / "overhead2"
+    _run("overhead.py", "--quick", "--steps", "1", "--teachers", "yolov8s.yaml", "yolo11n.yaml", "--methods",
+         "baseline;kl:teachers=1;kl", "--out", str(out))
+    result = json.loads(out.with_suffix(".json").read_text())
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["baseline", "kl:teachers=1", "kl"] and result["meta"]["teacher"] == "yolov8s, yolo11n"
+    assert all("kl_loss" in rows[m]["loss_items"] for m in ("kl:teachers=1", "kl"))
+    assert "teachers (1, 2, ...) yolov8s, yolo11n" in out.with_suffix(".md").read_text()
 
 
 def test_overhead_quick(tmp_path):

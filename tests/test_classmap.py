@@ -50,7 +50,7 @@ def _teacher_scores(monkeypatch) -> list[torch.Tensor]:
     full, real = [], Distiller.terms
 
     def terms(self, preds, *rest):
-        head = self._teacher_out[1]
+        head = self._teacher_out[0][1]
         if head is not None:
             raw = head[1] if isinstance(head, (tuple, list)) else head
             full.append(raw.get("one2many", raw)["scores"].detach())

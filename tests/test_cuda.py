@@ -58,6 +58,24 @@ def test_fp16_amp_training_on_cuda(data_yaml, teacher_pt, project, monkeypatch, 
     assert 0.0 <= metrics.box.map <= 1.0
 
 
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_two_teachers_on_cuda(data_yaml, teacher_pt, teacher11_pt, project, monkeypatch, ensemble):
+    """Two teachers of other families (yolov8s, yolo11n) with AMP: both on the GPU, every term fp32 and finite, per
+    teacher or against the kl ensemble target."""
+    outputs = []
+    owners = {c for n in ("cwd", "kl") for c in get_loss_class(n).__mro__ if "__call__" in vars(c)} - {object}
+    for cls in owners:
+        monkeypatch.setattr(cls, "__call__", _spied(cls.__call__, outputs))
+    model = YOLO("yolov8n.yaml")
+    model.train(data=data_yaml, Distillation=[teacher_pt, teacher11_pt], loss_type="cwd+kl", distill_ensemble=ensemble,
+                device=0, amp=True, project=project, name="two", **{**TRAIN, "epochs": 2})
+    trainer = model.trainer
+    assert trainer.amp is True and trainer.scaler.is_enabled()
+    assert all(next(t.model.parameters()).device.type == "cuda" for t in trainer.distiller.teachers)
+    assert outputs and all(not on and dtype == torch.float32 and ok for _, on, dtype, ok in outputs)
+    assert math.isfinite(float(trainer.loss))
+
+
 def _spied(real, outputs):
     def spy(self, s, t, modules=None):
         out = real(self, s, t, modules)

@@ -203,6 +203,8 @@ def test_ddp_launch_keeps_the_teacher_outside_the_run_folder(tmp_path):
     assert teacher_save_path(run, ddp_launch=False) == run / "teacher.pt"
     # Ultralytics deletes the run folder before starting DDP workers
     assert teacher_save_path(run, ddp_launch=True) == tmp_path / "runs" / "exp-teacher.pt"
+    assert teacher_save_path(run, ddp_launch=False, index=1) == run / "teacher2.pt"  # the second of several
+    assert teacher_save_path(run, ddp_launch=True, index=0) == tmp_path / "runs" / "exp-teacher1.pt"
 
 
 def test_nan_takes_ultralytics_recovery_and_distillation_survives(data_yaml, teacher_pt, project):
@@ -257,7 +259,7 @@ def test_teacher_forward_builds_no_graph(data_yaml, teacher_pt, project):
         trainer.preprocess_batch(next(iter(trainer.train_loader)))
     from distill.distiller import head_pairs
 
-    feats, raw = trainer.distiller._teacher_out
+    ((feats, raw),) = trainer.distiller._teacher_out  # one teacher
     head = head_pairs(raw, raw)[0][1]
     for t in [*feats, raw[0], head["scores"], head["boxes"]]:
         assert not t.requires_grad and t.grad_fn is None

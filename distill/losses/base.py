@@ -79,6 +79,14 @@ class LogitLoss(DistillLoss):
     """Loss on Detect head outputs: dicts with `scores` (B, nc, A) logits and `boxes` (B, 4*reg_max, A)."""
 
     kind = "logit"
+    # Whether `ensemble` can make one target of several teachers' outputs (distill_ensemble).
+    ensembles: ClassVar[bool] = False
 
     def __call__(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], modules: Any = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def ensemble(self, student: dict[str, torch.Tensor], teachers: list[dict[str, torch.Tensor]],
+                 shares: list[float]) -> dict[str, torch.Tensor]:
+        """One teacher-like head dict from several (same anchors and classes as `student`), weighted by `shares`
+        (sum 1), to be compared with `student` by this loss."""
         raise NotImplementedError

@@ -12,6 +12,8 @@ objects, expressed softly by weighting each anchor with the teacher's top class 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -35,6 +37,7 @@ class KLLoss(LogitLoss):
         "box_weight": (1.0, "weight of the decoded-box term (used where distributions cannot be compared)"),
         "decoded": (0.0, "1: distil decoded boxes even between DFL heads of equal reg_max; 0: LD there"),
     }
+    ensembles = True
 
     @classmethod
     def check(cls, values: dict[str, float]) -> None:
@@ -72,6 +75,31 @@ class KLLoss(LogitLoss):
             box = (ds - dt).abs().mean(1) + 1 - shared_anchor_giou(ds, dt)  # (B, A)
             loss = loss + self.box_weight * (box * weight).sum() / norm
         return loss
+
+
+    def ensemble(self, student: dict, teachers: list[dict], shares: list[float]) -> dict:
+        """Several teachers as one: the share-weighted mean of their class probabilities at temperature T, and of
+        their box distributions at Tb where every teacher has the student's bins (and `decoded` is 0: where the
+        loss would use LD), else of their decoded side distances ((B, 4, A), compared as decoded boxes). Returned as logits that the loss turns back
+        into exactly those means: scores T * logit(p), boxes Tb * log(q). Computed in log space (log-sum-exp), so
+        confident teachers' probabilities near 0 or 1 are not clipped."""
+        kept = [(math.log(s), t) for s, t in zip(shares, teachers) if s > 0]
+        T, Tb = self.temperature, self.box_temperature
+
+        def log_mean(logps: list[torch.Tensor]) -> torch.Tensor:  # log sum_i s_i p_i from log p_i
+            return torch.logsumexp(torch.stack([w + lp for (w, _), lp in zip(kept, logps)]), dim=0)
+
+        scores = [t["scores"].float() / T for _, t in kept]
+        logit = log_mean([F.logsigmoid(z) for z in scores]) - log_mean([F.logsigmoid(-z) for z in scores])
+        boxes = [t["boxes"].float() for _, t in kept]
+        reg_max = boxes[0].shape[1] // 4
+        if reg_max > 1 and all(x.shape == student["boxes"].shape for x in boxes) and not self.decoded:
+            b, _, a = boxes[0].shape
+            log_q = log_mean([F.log_softmax(x.view(b, 4, reg_max, a) / Tb, dim=2) for x in boxes])
+            target_boxes = (Tb * log_q).view(b, 4 * reg_max, a)
+        else:
+            target_boxes = sum(math.exp(w) * side_distances(x) for (w, _), x in zip(kept, boxes))
+        return {"scores": T * logit, "boxes": target_boxes}
 
 
 def side_distances(boxes: torch.Tensor) -> torch.Tensor:
