@@ -135,8 +135,14 @@ def plot(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+# train arguments this script sets itself, from its own options
+OWN_OPTIONS = {"imgsz": "--imgsz", "epochs": "--epochs", "teacher_epochs": "--epochs with --teacher",
+               "seed": "--seeds / --first-seed", "data": "--data"}
+
+
 def train_overrides(pairs: list[str]) -> dict:
-    """['mosaic=1.0', 'lr0=0.01'] -> {'mosaic': 1.0, 'lr0': 0.01}; ValueError on an item without '='."""
+    """['mosaic=1.0', 'lr0=0.01'] -> {'mosaic': 1.0, 'lr0': 0.01}; ValueError on an item without '=', or on one of
+    the arguments this script's own options set."""
     from ultralytics.cfg import smart_value
 
     out = {}
@@ -144,6 +150,8 @@ def train_overrides(pairs: list[str]) -> dict:
         key, eq, value = pair.partition("=")
         if not eq or not key:
             raise ValueError(f"--set {pair!r}: write train arguments as key=value, e.g. mosaic=1.0.")
+        if key in OWN_OPTIONS:
+            raise ValueError(f"--set {key}: use {OWN_OPTIONS[key]} instead.")
         out[key] = smart_value(value)
     return out
 
@@ -199,7 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
     if a.teacher:
         a.model, a.first_seed, a.seeds = a.model or DEMO_TEACHER, task.recipe["seed"], 1
     a.model = a.model or STUDENT
-    out = Path(a.out or f"benchmarks/results/convergence_{task.name}_{Path(a.model).stem}")
+    changed = "".join(f"_{pair}" for pair in a.set)  # a recipe changed by --set never overwrites the recipe's own
+    out = Path(a.out or f"benchmarks/results/convergence_{task.name}_{Path(a.model).stem}{changed}")
     n_train, n_val = task.split_sizes()
     meta = {"task": task.name, "model": a.model, "teacher_cache": a.teacher, "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],
             "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "seed_list": [],

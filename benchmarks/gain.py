@@ -55,7 +55,8 @@ def train_once(method, task, teacher: Path | None, seed: int, project: str, devi
             "map50": float(yolo.metrics.box.map50), "seconds": round(time.time() - t0, 1),
             "curve": [round(v, 5) for v in map_curve(run)], "train_losses": loss_scale(run),
             "params": effective_params(yolo.trainer),
-            **({"teachers": [t.source for t in yolo.trainer.distiller.teachers]} if method.kind == "distill" else {})}
+            **({"teachers": [t.source for t in yolo.trainer.distiller.teachers],
+                "ensemble": yolo.trainer.distiller.ensemble} if method.kind == "distill" else {})}
 
 
 def validate(weights: Path, task, device: str | None):

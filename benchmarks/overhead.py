@@ -102,7 +102,8 @@ def time_all(methods: list[str], teacher: list[str], data: str, imgsz: int, batc
                 if i >= warmup:
                     times[name].append(time.perf_counter() - t0)
                 items.setdefault(name, sorted(out))
-        return {"step_s": {n: statistics.median(v) for n, v in times.items()}, "loss_items": items,
+        teachers = {spec: len(t.distiller.teachers) if hasattr(t, "distiller") else 0 for spec, t in trainers.items()}
+        return {"step_s": {n: statistics.median(v) for n, v in times.items()}, "loss_items": items, "teachers": teachers,
                 "teacher_images": teacher_images[0], "device": str(dev), "amp": bool(plain.amp)}
 
 
@@ -180,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     plain, bound = timing["step_s"][methods[0]], timing["step_s"][LOWER_BOUND]
     rows = [{"method": spec, "step_s": timing["step_s"][spec], "ratio_to_plain": timing["step_s"][spec] / plain,
              "ratio_to_lower_bound": timing["step_s"][spec] / bound, "loss_items": timing["loss_items"][spec],
+             "teachers": timing["teachers"][spec],
              **memory[spec]} for spec in methods]
     names = ", ".join(Path(t).stem for t in a.teachers)
     meta = {"student": STUDENT, "teacher": names, "imgsz": imgsz, "batch": batch, "steps": steps, "warmup": a.warmup,

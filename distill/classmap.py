@@ -50,6 +50,12 @@ class ClassMap:
         return self._indices[key]
 
 
+def covered_classes(cmap: ClassMap | None) -> tuple[int, ...] | None:
+    """The dataset classes a teacher's logits teach: None for all of them (same classes, or a map that leaves none
+    out), else the mapped ones. Two teachers can share one ensemble target only when these are equal."""
+    return cmap.student if cmap is not None and cmap.missing else None
+
+
 def _key(name: str) -> str:
     return " ".join(str(name).replace("_", " ").replace("-", " ").split()).casefold()  # 'Traffic_Light' == 'traffic light'
 

@@ -161,10 +161,12 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
     if demo:
         for key, value in {**DEMO_RECIPE, "epochs": DEMO_STUDENT_EPOCHS}.items():
             args.setdefault(key, value)
-    teacher = ns.teacher or args.pop("Distillation", None)  # a preset may name the teacher(s)
+    preset_teacher = args.pop("Distillation", None)  # a preset may name the teacher(s); --teacher replaces them
+    teacher = ns.teacher or preset_teacher
     if isinstance(teacher, list) and len(teacher) == 1:
         teacher = teacher[0]
-    check_args(args)  # before the demo's data and teacher are made (minutes on a CPU), not after
+    # Checked before the demo's data and teacher are made (minutes on a CPU), not after.
+    check_args({**args, **({"Distillation": teacher} if teacher else {})})
     if demo:
         args["data"] = str(demo_data())
     if teacher is None:

@@ -49,7 +49,8 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
                                     "teachers), checked on resume and in DDP workers"),
     "distill_layers": (None, "student layer indices to distil, e.g. '15,18,21'; negative ones count back from the "
                        "head (-1: the layer feeding it). Default: the Detect head inputs"),
-    "distill_teacher_layers": (None, "teacher layer indices paired with distill_layers. Default: the teacher's "
+    "distill_teacher_layers": (None, "teacher layer indices paired with distill_layers (several teachers: one list "
+                               "each, ';'-separated, e.g. '15,18,21;16,19,22', or one list for all). Default: the teacher's "
                                "Detect inputs, position for position; other layers keep their index where both "
                                "models share a layout"),
 }
@@ -84,7 +85,7 @@ class DistillSettings:
     schedule: str = "constant"
     final: float = 0.1
     student_layers: list[int] | None = None
-    teacher_layers: list[int] | None = None
+    teacher_layers: list[int] | list[list[int] | None] | None = None  # several teachers: may be one list each
     off_epochs: int = 0
     balance: float = 0.0
     balance_steps: int = 20
@@ -115,7 +116,9 @@ class DistillSettings:
         final = _number(get("distill_final"), "distill_final", CORE_KEYS["distill_final"][0])
         if not 0 <= final <= 1:
             raise ValueError(f"distill_final must be in [0, 1], got {final}.")
-        s_layers, t_layers = parse_layers(get("distill_layers")), parse_layers(get("distill_teacher_layers"))
+        n_teachers = len(teacher_sources(get("Distillation")))
+        s_layers, t_layers = parse_layers(get("distill_layers")), parse_teacher_layers(get("distill_teacher_layers"),
+                                                                                      n_teachers)
         off = _number(get("distill_off_epochs"), "distill_off_epochs", CORE_KEYS["distill_off_epochs"][0])
         if off < 0 or off != int(off):
             raise ValueError(f"distill_off_epochs must be a whole number >= 0, got {get('distill_off_epochs')!r}.")
@@ -133,7 +136,6 @@ class DistillSettings:
         balance_by = str(get("distill_balance_by") or "value").lower()
         if balance_by not in BALANCE_BY:
             raise ValueError(f"distill_balance_by must be one of {', '.join(BALANCE_BY)}, got {balance_by!r}.")
-        n_teachers = len(teacher_sources(get("Distillation")))
         teacher_weights = parse_teacher_weights(get("distill_teacher_weights"), n_teachers)
         ensemble = _flag(get("distill_ensemble"), "distill_ensemble")
         ignored = []
@@ -158,6 +160,12 @@ class DistillSettings:
     def teachers(self) -> list[Any]:
         """The teacher sources, one per teacher (a list of one for a single teacher)."""
         return teacher_sources(self.teacher)
+
+    def layers_of(self, index: int) -> list[int] | None:
+        """The explicit teacher layers for teacher `index` (None: derived from the student's / its Detect inputs)."""
+        if self.teacher_layers and isinstance(self.teacher_layers[0], (list, type(None))):
+            return self.teacher_layers[index]
+        return self.teacher_layers
 
     @property
     def shares(self) -> list[float]:
@@ -187,6 +195,18 @@ def teacher_sources(value: Any) -> list[Any]:
     return list(value) if isinstance(value, (list, tuple)) else [value]
 
 
+def parse_teacher_layers(value: Any, n_teachers: int) -> list[int] | list[list[int] | None] | None:
+    """distill_teacher_layers: one list for every teacher ('15,18,21'), or with several teachers one per teacher,
+    ';'-separated ('15,18,21;16,19,22'; an empty item: that teacher's default)."""
+    if not (isinstance(value, str) and ";" in value):
+        return parse_layers(value)
+    items = value.split(";")
+    if len(items) != n_teachers:
+        raise ValueError(f"distill_teacher_layers gives {len(items)} ';'-separated lists for {n_teachers} teacher(s): "
+                         "give one per teacher, in the order of the teachers, or one list for all.")
+    return [parse_layers(item.strip()) for item in items]
+
+
 def parse_teacher_weights(value: Any, n_teachers: int) -> list[float] | None:
     """distill_teacher_weights ('2,1', [2, 1] or None) as one number >= 0 per teacher, not all 0; None: equal."""
     if value is None or value == "":
@@ -197,8 +217,9 @@ def parse_teacher_weights(value: Any, n_teachers: int) -> list[float] | None:
     if n_teachers and len(weights) != n_teachers:
         raise ValueError(f"distill_teacher_weights gives {len(weights)} weight(s) for {n_teachers} teacher(s): give one "
                          "per teacher, in the order of the teachers.")
-    if any(w < 0 for w in weights) or not any(w > 0 for w in weights):
-        raise ValueError(f"distill_teacher_weights must be >= 0 and not all 0, got {value!r}.")
+    if any(w <= 0 for w in weights):  # a teacher of weight 0 would still run (and a NaN term would still poison)
+        raise ValueError(f"distill_teacher_weights must all be > 0 (leave out a teacher instead of weighting it 0), "
+                         f"got {value!r}.")
     return weights
 
 

@@ -15,7 +15,7 @@ from torch import nn
 from ultralytics.utils import LOGGER
 
 from distill.balance import Balancer
-from distill.classmap import ClassMap
+from distill.classmap import ClassMap, covered_classes
 from distill.config import DistillSettings
 from distill.connectors import align, build_connectors
 from distill.features import FeatureRecorder, detect_inputs, pair_layers, probe_shapes
@@ -64,7 +64,7 @@ class Distiller:
         self.needs_features = bool(kinds & {"feature", "cross"})
         self.needs_logits = bool(kinds & {"logit", "cross"})  # cross: the teacher's own head outputs
         self.ensemble = settings.ensemble and len(self.teachers) > 1
-        if self.ensemble and len({t.class_map.student if t.class_map else None for t in self.teachers}) > 1:
+        if self.ensemble and len({covered_classes(t.class_map) for t in self.teachers}) > 1:
             raise ValueError("distill_ensemble needs teachers that teach the same dataset classes, but their class "
                              "lists cover different ones; set distill_ensemble=False (one term per teacher).")
         self.student_layers: list[int] = []
@@ -101,7 +101,7 @@ class Distiller:
         s, n = self.settings, len(self.teachers)
         for i, t in enumerate(self.teachers):
             who = f"the teacher ({model_name(t.model)})" if n == 1 else f"teacher {i + 1} ({model_name(t.model)})"
-            student_layers, t.layers = pair_layers(student, t.model, s.student_layers, s.teacher_layers)
+            student_layers, t.layers = pair_layers(student, t.model, s.student_layers, s.layers_of(i))
             if len(student_layers) != len(t.layers):
                 raise ValueError(
                     f"the student ({model_name(student)}) distils {len(student_layers)} levels (layers "

@@ -16,7 +16,7 @@ from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, YAML
 from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
 
 from distill.amp_check import OfflineAMPCheck
-from distill.classmap import check_classes, class_map, dataset_names
+from distill.classmap import check_classes, class_map, covered_classes, dataset_names
 from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings, teacher_sources
 from distill.distiller import MODULES_ATTR, Distiller
 from distill.losses import get_loss_class
@@ -246,7 +246,10 @@ def preflight(cfg: Any, overrides: dict, loaded: list[nn.Module | None]) -> list
             LOGGER.warning(f"Distillation: {who}the teacher is built from {source}, so its weights are random: it "
                            "teaches nothing (only useful to test a set-up). Pass a trained .pt checkpoint.")
         teachers.append(teacher)
-    if settings.ensemble and len(maps) > 1 and len({m.student if m else None for m in maps}) > 1:
+    if len({str(src) for src in sources if isinstance(src, (str, Path))}) < sum(isinstance(src, (str, Path)) for src in sources):
+        LOGGER.warning("Distillation: the same teacher file is given more than once; each copy runs (and costs) "
+                       "separately. Use distill_teacher_weights to weight a teacher instead.")
+    if settings.ensemble and len(maps) > 1 and len({covered_classes(m) for m in maps}) > 1:
         raise ValueError("distill_ensemble needs teachers that teach the same dataset classes, but their class lists "
                          "cover different ones; set distill_ensemble=False (one term per teacher).")
     return teachers

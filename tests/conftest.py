@@ -85,8 +85,8 @@ def no_network(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def teacher_stays_frozen(monkeypatch):
-    """Every test that trains: afterwards the teacher's weights and BatchNorm buffers are bitwise unchanged,
-    it is in eval mode, needs no gradients and sits in no optimizer parameter group."""
+    """Every test that trains: afterwards every teacher's weights and BatchNorm buffers are bitwise unchanged,
+    it is in eval mode, needs no gradients, sits in no optimizer parameter group, and is not inside the student."""
     import torch
 
     from distill.trainer import DistillationTrainer
@@ -94,18 +94,24 @@ def teacher_stays_frozen(monkeypatch):
     original = DistillationTrainer._do_train
 
     def checked(self):
-        teacher = self.distiller.teacher
-        before = {k: v.detach().clone() for k, v in teacher.state_dict().items()}  # on the CPU: moved in _setup_train
+        teachers = [t.model for t in self.distiller.teachers]
+        # on the CPU: moved in _setup_train
+        before = [{k: v.detach().clone() for k, v in t.state_dict().items()} for t in teachers]
         try:
             return original(self)
         finally:
-            after = teacher.state_dict()
-            assert before.keys() == after.keys()
-            assert all(torch.equal(v.to(after[k].device), after[k]) for k, v in before.items()), "teacher weights or buffers changed"
-            assert not any(m.training for m in teacher.modules()), "teacher left eval mode"
-            assert not any(p.requires_grad for p in teacher.parameters()), "teacher parameters require grad"
-            ids = {id(p) for p in teacher.parameters()}
-            if self.optimizer is not None:
-                assert not any(id(p) in ids for g in self.optimizer.param_groups for p in g["params"])
+            for i, (teacher, saved) in enumerate(zip(teachers, before)):
+                after = teacher.state_dict()
+                assert saved.keys() == after.keys()
+                assert all(torch.equal(v.to(after[k].device), after[k]) for k, v in saved.items()), \
+                    f"teacher {i + 1}: weights or buffers changed"
+                assert not any(m.training for m in teacher.modules()), f"teacher {i + 1} left eval mode"
+                assert not any(p.requires_grad for p in teacher.parameters()), f"teacher {i + 1} requires grad"
+                ids = {id(p) for p in teacher.parameters()}
+                if self.optimizer is not None:
+                    assert not any(id(p) in ids for g in self.optimizer.param_groups for p in g["params"])
+                # not inside the student, so neither in its EMA copy nor in any checkpoint made from them
+                student = getattr(self.model, "module", self.model)
+                assert not any(id(p) in ids for p in student.parameters()), f"teacher {i + 1} is inside the student"
 
     monkeypatch.setattr(DistillationTrainer, "_do_train", checked)

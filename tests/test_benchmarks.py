@@ -172,6 +172,9 @@ def test_convergence_teacher_of_another_model_with_train_overrides(tmp_path, dat
     done = _run("convergence.py", "--quick", "--set", "mosaic=1.0", "--epochs", "1", "--out", str(tmp_path / "bad"),
                 env=env, rc=2)
     assert "go with --data" in done.stderr and not (tmp_path / "bad.json").exists()
+    done = _run("convergence.py", "--data", data_yaml, "--set", "imgsz=96", "--epochs", "1", "--out",
+                str(tmp_path / "bad"), env=env, rc=2)
+    assert "--set imgsz: use --imgsz instead" in done.stderr and not (tmp_path / "bad.json").exists()
 
 
 def test_gain_quick(tmp_path):
@@ -255,6 +258,8 @@ def test_gain_with_two_teachers(tmp_path, data_yaml, teacher_pt, teacher11_pt):
     assert meta["teacher_map50_95"] == max(meta["teacher_maps"])
     assert methods["kl:teachers=2"]["runs"][0]["teachers"] == given[1:]
     assert methods["kl"]["runs"][0]["teachers"] == methods["kl:distill_ensemble=True"]["runs"][0]["teachers"] == given
+    assert [methods[m]["runs"][0]["ensemble"] for m in ("kl:teachers=2", "kl", "kl:distill_ensemble=True")] == [
+        False, False, True]
     assert all(m["runs"][0]["train_losses"]["kl_loss"][0] > 0 for spec, m in methods.items() if spec != "baseline")
     assert "teachers 1: " in out.with_suffix(".md").read_text()
     done = _run("gain.py", "--data", data_yaml, "--task", "quick", "--teacher", teacher_pt, teacher11_pt,
@@ -270,6 +275,7 @@ def test_overhead_with_two_teachers(tmp_path):
     rows = {r["method"]: r for r in result["rows"]}
     assert list(rows) == ["baseline", "kl:teachers=1", "kl"] and result["meta"]["teacher"] == "yolov8s, yolo11n"
     assert all("kl_loss" in rows[m]["loss_items"] for m in ("kl:teachers=1", "kl"))
+    assert [rows[m]["teachers"] for m in rows] == [0, 1, 2]
     assert "teachers (1, 2, ...) yolov8s, yolo11n" in out.with_suffix(".md").read_text()
 
 

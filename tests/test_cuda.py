@@ -70,7 +70,8 @@ def test_two_teachers_on_cuda(data_yaml, teacher_pt, teacher11_pt, project, monk
     model.train(data=data_yaml, Distillation=[teacher_pt, teacher11_pt], loss_type="cwd+kl", distill_ensemble=ensemble,
                 device=0, amp=True, project=project, name="two", **{**TRAIN, "epochs": 2})
     trainer = model.trainer
-    assert trainer.amp is True and trainer.scaler.is_enabled()
+    assert trainer.amp is True and trainer.scaler.is_enabled() and trainer.distiller.ensemble is ensemble
+    assert len(trainer.distiller.teachers) == 2
     assert all(next(t.model.parameters()).device.type == "cuda" for t in trainer.distiller.teachers)
     assert outputs and all(not on and dtype == torch.float32 and ok for _, on, dtype, ok in outputs)
     assert math.isfinite(float(trainer.loss))

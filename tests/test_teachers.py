@@ -19,7 +19,7 @@ from conftest import ROOT, TRAIN
 from distill import YOLO, DistillationTrainer
 from distill.compare import results_columns
 from distill.config import DistillSettings
-from distill.distiller import MODULES_ATTR, Distiller
+from distill.distiller import MODULES_ATTR, Distiller, head_pairs
 from distill.losses.kl import KLLoss, side_distances
 from distill.teacher import fingerprint, freeze, load_teacher
 from distill.teachers import Teacher
@@ -110,7 +110,14 @@ def test_each_term_is_the_share_weighted_sum_of_the_teachers_terms(teacher_pt, t
     ens.attach(student)
     v_ens = _student_terms(ens, student, modules, img)
     assert torch.allclose(v_ens[:2], v_both[:2], rtol=1e-5)  # feature terms: per teacher either way
-    assert math.isfinite(v_ens[2]) and not torch.isclose(v_ens[2], v_both[2], rtol=1e-2)
+    # the kl term against the ensemble, computed here from the models' own outputs (kl_weight 0.5)
+    with torch.no_grad():
+        preds = student(img)
+        pa, pb = head_pairs(preds, a(img)), head_pairs(preds, b(img))
+    kl = KLLoss()
+    expected = 0.5 * sum(kl(s, kl.ensemble(s, [ta, tb], [0.25, 0.75])) for (s, ta), (_, tb) in zip(pa, pb))
+    assert torch.isclose(v_ens[2], expected, rtol=1e-5)
+    assert not torch.isclose(v_ens[2], v_both[2], rtol=1e-2)  # not the weighted sum of the per-teacher terms
 
 
 def test_the_ensemble_target_is_the_mean_of_the_teachers_probabilities():
@@ -271,11 +278,20 @@ def test_class_maps_per_teacher_and_the_ensemble_needs_the_same_classes(data_yam
         YOLO("yolov8n.yaml").train(data=data, Distillation=[teacher_pt, renamed], loss_type="kl", distill_ensemble=True,
                                    project=str(tmp_path / "ens"), name="x", **TRAIN)
     assert not (tmp_path / "ens").exists()
+    # a teacher of the dataset's classes and one that names them all in another order do share a target
+    shuffled = YOLO(teacher11_pt).model
+    shuffled.names = {i: shuffled.names[len(shuffled.names) - 1 - i] for i in shuffled.names}
+    model = YOLO("yolov8n.yaml")
+    model.train(data=data_yaml, Distillation=[teacher_pt, shuffled], loss_type="kl", distill_ensemble=True,
+                project=project, name="same", **TRAIN)
+    record = torch.load(model.trainer.last, map_location="cpu", weights_only=False)["distill"]
+    assert record["ensemble"] is True and record["class_map"] == [None, {i: 5 - i for i in range(6)}]
 
 
 @pytest.mark.parametrize(("extra", "message"), [
     ({"distill_teacher_weights": "1"}, "distill_teacher_weights gives 1 weight(s) for 2 teacher(s)"),
-    ({"distill_teacher_weights": "0,0"}, "must be >= 0 and not all 0"),
+    ({"distill_teacher_weights": "1,0"}, "distill_teacher_weights must all be > 0"),
+    ({"distill_teacher_layers": "15,18,21;16,19,22;1"}, "gives 3 ';'-separated lists for 2 teacher(s)"),
     ({"second": "missing.pt"}, "teacher 2 (missing.pt): teacher checkpoint 'missing.pt' does not exist"),
 ])
 def test_bad_teacher_lists_fail_before_training(extra, message, data_yaml, teacher_pt, tmp_path):
@@ -299,3 +315,24 @@ def test_a_random_second_teacher_is_named_in_the_warning(data_yaml, teacher_pt, 
     assert any("teacher 2 (yolov8s.yaml): the teacher is built from yolov8s.yaml, so its weights are random" in w
                for w in warnings), warnings
     assert [t.source for t in trainer.distiller.teachers] == [teacher_pt, str(trainer.save_dir / "teacher2.pt")]
+
+
+def test_each_teacher_can_have_its_own_explicit_layers(teacher_pt, teacher11_pt):
+    """distill_teacher_layers '12,15;13,16' pairs the student's 12, 15 with yolov8s's 12, 15 and yolo11n's 13, 16;
+    one list applies to every teacher."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    a, b = freeze(load_teacher(teacher_pt)), freeze(load_teacher(teacher11_pt))
+    student = DetectionModel("yolov8n.yaml", nc=a.model[-1].nc, verbose=False)
+    each = DistillSettings.from_args({"Distillation": ["a.pt", "b.pt"], "loss_type": "cwd", "distill_layers": "12,15",
+                                      "distill_teacher_layers": "12,15;13,16"})
+    d = Distiller([Teacher(a, "a.pt", 0.5), Teacher(b, "b.pt", 0.5)], each)
+    d.attach(student)
+    assert d.student_layers == [12, 15] and [t.layers for t in d.teachers] == [[12, 15], [13, 16]]
+    connectors = getattr(student, MODULES_ATTR)
+    assert [type(c).__name__ for c in connectors["teacher1"]["connectors"]] == ["Identity", "Identity"]
+    shared = DistillSettings.from_args({"Distillation": ["a.pt", "b.pt"], "loss_type": "cwd", "distill_layers": "12,15",
+                                        "distill_teacher_layers": "12,15"})
+    d = Distiller([Teacher(a, "a.pt", 0.5), Teacher(b, "b.pt", 0.5)], shared)
+    d.attach(student)
+    assert [t.layers for t in d.teachers] == [[12, 15], [12, 15]]

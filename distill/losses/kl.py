@@ -80,9 +80,11 @@ class KLLoss(LogitLoss):
     def ensemble(self, student: dict, teachers: list[dict], shares: list[float]) -> dict:
         """Several teachers as one: the share-weighted mean of their class probabilities at temperature T, and of
         their box distributions at Tb where every teacher has the student's bins (and `decoded` is 0: where the
-        loss would use LD), else of their decoded side distances ((B, 4, A), compared as decoded boxes). Returned as logits that the loss turns back
-        into exactly those means: scores T * logit(p), boxes Tb * log(q). Computed in log space (log-sum-exp), so
-        confident teachers' probabilities near 0 or 1 are not clipped."""
+        loss would use LD), else of their decoded side distances ((B, 4, A), compared as decoded boxes).
+        Returned as logits that the loss turns back into exactly those means: scores T * logit(p), boxes
+        Tb * log(q). Computed in log space (log-sum-exp), so confident teachers' probabilities near 0 or 1 are not
+        clipped. The loss weights anchors by the sigmoid of the target's scores: the teachers' mean confidence at
+        T = 1, a sharper or softer one at other T."""
         kept = [(math.log(s), t) for s, t in zip(shares, teachers) if s > 0]
         T, Tb = self.temperature, self.box_temperature
 
