@@ -55,6 +55,7 @@ def train_once(method, task, teacher: Path | None, seed: int, project: str, devi
             "map50": float(yolo.metrics.box.map50), "seconds": round(time.time() - t0, 1),
             "curve": [round(v, 5) for v in map_curve(run)], "train_losses": loss_scale(run),
             "params": effective_params(yolo.trainer),
+            "student_params": sum(p.numel() for p in yolo.model.parameters()),  # what was trained (the final model)
             **({"teachers": [t.source for t in yolo.trainer.distiller.teachers],
                 "ensemble": yolo.trainer.distiller.ensemble} if method.kind == "distill" else {})}
 
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--teacher", nargs="+", default=None, help="trained teacher checkpoint(s) (.pt) instead of the "
                    "recipe's cached yolov8s: your own, a pre-trained one, or one trained elsewhere (e.g. on a GPU). "
                    "Several: every distilled method uses all, unless its spec picks some (kl:teachers=2)")
+    p.add_argument("--student", default=STUDENT, help="the student every run starts from: a model YAML (from scratch) "
+                   "or a .pt checkpoint (e.g. one pre-trained on a larger corpus, then fine-tuned here)")
     p.add_argument("--teacher-models", nargs="+", default=None, metavar="YAML",
                    help="the recipe's cached teachers of these models instead of its yolov8s (e.g. yolov8s.yaml "
                    "yolo11s.yaml: two teachers), each trained once on the task with the teacher recipe")
@@ -276,8 +279,11 @@ def main(argv: list[str] | None = None) -> dict:
     for path in a.teacher or []:
         if problem := given_teacher_problem(path, task, a.teacher_epochs):
             p.error(f"--teacher {path}: {problem}")
-    # Given teachers' results never overwrite the recipe's own.
-    suffix = (f"_teacher-{'+'.join(Path(t).stem for t in a.teacher)}" if a.teacher else
+    if a.student != STUDENT and not (Path(a.student).suffix in {".yaml", ".yml"} or Path(a.student).is_file()):
+        p.error(f"--student {a.student}: no such checkpoint. Give a model .yaml or a .pt file on disk.")
+    # Given teachers' and students' results never overwrite the recipe's own.
+    suffix = "" if a.student == STUDENT else f"_student-{Path(a.student).stem}"
+    suffix += (f"_teacher-{'+'.join(Path(t).stem for t in a.teacher)}" if a.teacher else
               f"_teachers-{'+'.join(Path(t).stem for t in a.teacher_models)}" if a.teacher_models else "")
     out = Path(a.out or f"benchmarks/results/gain{'' if task.name == 'full' else '_' + task.name}{suffix}")
     methods = parse_methods(a.methods)
@@ -292,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_map = max(teacher_maps)  # the gap closed is measured to the best teacher
     teacher = teachers[0] if len(teachers) == 1 else teachers
     n_train, n_val = task.split_sizes()
-    meta = {"task": task.name, "student": STUDENT, "teacher": str(teacher) if len(teachers) == 1 else
+    meta = {"task": task.name, "student": a.student, "teacher": str(teacher) if len(teachers) == 1 else
             [str(t) for t in teachers], "teacher_map50_95": teacher_map,
             **({"teacher_maps": teacher_maps} if len(teachers) > 1 else {}),
             "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"], "epochs": task.student_epochs,
@@ -306,14 +312,14 @@ def main(argv: list[str] | None = None) -> dict:
         for seed in range(a.first_seed, a.first_seed + a.seeds):  # seeds outermost, outputs after each seed:
             longer: dict[int, dict] = {}                           # an interrupted run keeps its finished seeds
             for m in methods:
-                row = train_once(m, task, teacher, seed, project, a.device)
+                row = train_once(m, task, teacher, seed, project, a.device, model=a.student)
                 runs[m.spec].append(row)
                 if a.equal_time and m.kind != "baseline":
                     base = runs["baseline"][-1]
                     epochs = equal_time_epochs(task.student_epochs, row["seconds"], base["seconds"])
                     if epochs not in longer:
                         longer[epochs] = base if epochs == base["epochs"] else train_once(
-                            Method("baseline"), task, teacher, seed, project, a.device, epochs=epochs)
+                            Method("baseline"), task, teacher, seed, project, a.device, epochs=epochs, model=a.student)
                     row["equal_time"] = {"time_ratio": row["seconds"] / base["seconds"],
                                          **{k: longer[epochs][k] for k in ("epochs", "map50_95", "map50", "seconds")}}
                 print(f"[gain] {m.spec} seed {seed}: {row}", flush=True)

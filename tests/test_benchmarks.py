@@ -244,6 +244,25 @@ def test_gain_with_a_given_teacher(tmp_path, data_yaml, teacher_pt):
     assert "--teacher" in done.stderr and "not a .pt checkpoint on disk" in done.stderr
 
 
+def test_gain_from_a_pretrained_student(tmp_path, data_yaml, teacher_pt):
+    """--student a.pt: every run (the baseline too) starts from that checkpoint's weights, and results carry its name;
+    a missing file fails before training."""
+    import torch
+
+    out = tmp_path / "pre"
+    student = tmp_path / "pre.pt"
+    ckpt = torch.load(teacher_pt, map_location="cpu", weights_only=False)  # stands in for a pre-trained checkpoint
+    torch.save(ckpt, student)
+    _run("gain.py", "--data", data_yaml, "--task", "quick", "--teacher", teacher_pt, "--student", str(student),
+         "--epochs", "1", "--seeds", "1", "--methods", "baseline;kl", "--out", str(out))
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["meta"]["student"] == str(student)
+    size = sum(p.numel() for p in ckpt["model"].parameters())  # a yolov8s: about 11 M, a yolov8n about 3 M
+    assert [result["methods"][m]["runs"][0]["student_params"] for m in ("baseline", "kl")] == [size, size]
+    done = _run("gain.py", "--data", data_yaml, "--task", "quick", "--student", str(tmp_path / "gone.pt"), rc=2)
+    assert "--student" in done.stderr and "no such checkpoint" in done.stderr
+
+
 def test_gain_with_two_teachers(tmp_path, data_yaml, teacher_pt, teacher11_pt):
     """--teacher a.pt b.pt: methods use both unless their spec picks one; the gap is measured to the better teacher;
     each run records the teachers it had. A spec naming a teacher that is not given fails before any training."""
