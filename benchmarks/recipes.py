@@ -15,6 +15,12 @@ data, augmentation, optimizer and epochs for every method and seed. The scripts 
   noise in each mAP). Its epochs come from `convergence.py` (benchmarks/results/convergence_long_*):
   yolov8n has not converged by 320 epochs (seed 0: 0.5527 at 160, 0.6112 at 320, +10.6 %), so 320 is
   the longest measured budget, not a converged one; the converged schedule needs a lent GPU.
+- `long` on BCCD (`--data <bccd>/data.yaml --imgsz 160`, task name `bccd-long`): yolov8n converges at 100
+  epochs (benchmarks/results/convergence_bccd-long_yolov8n.md). Its teacher is a yolov8s trained to its plateau
+  with mosaic on (`convergence.py --task long --teacher --data <bccd>/data.yaml --imgsz 160 --set mosaic=1.0
+  --epochs 200`, on a GPU): 0.5921 against the 100-epoch student's 0.5592; yolov8s and yolov8m on the student's
+  own recipe reach only 0.5757 and 0.5793 (benchmarks/results/convergence_bccd-long_*_h200.md). gain.py takes it
+  with `--teacher`.
 - `quick`: smoke-sized, for tests and CI.
 
 The name recorded in results is `Task.name` ("full" is the short recipe's name in older results).
