@@ -208,7 +208,7 @@ def parse_teacher_layers(value: Any, n_teachers: int) -> list[int] | list[list[i
 
 
 def parse_teacher_weights(value: Any, n_teachers: int) -> list[float] | None:
-    """distill_teacher_weights ('2,1', [2, 1] or None) as one number >= 0 per teacher, not all 0; None: equal."""
+    """distill_teacher_weights ("2,1", [2, 1] or None) as one number > 0 per teacher; None: equal weights."""
     if value is None or value == "":
         return None
     items = value.replace("[", "").replace("]", "").split(",") if isinstance(value, str) else (
