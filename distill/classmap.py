@@ -107,16 +107,17 @@ def class_map(teacher: nn.Module, names: list[str], settings: DistillSettings) -
                          f"shared classes ({', '.join(class_free_losses())}).") from None
 
 
-def check_classes(teacher: nn.Module, names: list[str], settings: DistillSettings, who: str = "the teacher") -> None:
-    """Before training: fail when a logit loss cannot match the teacher's classes, else say what is distilled.
-    who: how messages name the teacher (e.g. 'teacher 2 (b.pt)' among several)."""
+def check_classes(teacher: nn.Module, names: list[str], settings: DistillSettings,
+                  who: str = "the teacher") -> ClassMap | None:
+    """Before training: fail when a logit loss cannot match the teacher's classes, else say what is distilled and
+    return the class map (as `class_map`). who: how messages name the teacher (e.g. 'teacher 2 (b.pt)')."""
     if same_classes(teacher, names):
-        return
+        return None
     cmap = class_map(teacher, names, settings)
     differ = _differ(teacher, names).replace("the teacher", who, 1)
     if cmap is None:  # feature losses only
         LOGGER.warning(f"Distillation: {differ}; feature losses proceed.")
-        return
+        return None
     LOGGER.info(f"Distillation: {differ}; class scores are distilled by name: "
                 f"{cmap.describe(names, class_names(teacher))}.")
     if cmap.missing:
@@ -124,6 +125,7 @@ def check_classes(teacher: nn.Module, names: list[str], settings: DistillSetting
                        "class-score signal from it and little box signal (anchors are weighted by the teacher's "
                        "confidence in the matched classes); feature losses, if any, are unaffected. Its unmatched "
                        f"classes: {', '.join(cmap.unmatched(class_names(teacher))[:12])}.")
+    return cmap
 
 
 def _differ(teacher: nn.Module, names: list[str]) -> str:

@@ -238,15 +238,15 @@ def preflight(cfg: Any, overrides: dict, loaded: list[nn.Module | None]) -> list
         try:
             teacher = model if model is not None else load_teacher(source, nc=data["nc"] if data else None)
             if data is not None:
-                check_classes(teacher, dataset_names(data), settings, name)
-                maps.append(class_map(teacher, dataset_names(data), settings))
+                maps.append(check_classes(teacher, dataset_names(data), settings, name))
         except (ValueError, FileNotFoundError) as e:
             raise type(e)(f"{who}{e}") from None
         if Path(str(source)).suffix in {".yaml", ".yml"}:
             LOGGER.warning(f"Distillation: {who}the teacher is built from {source}, so its weights are random: it "
                            "teaches nothing (only useful to test a set-up). Pass a trained .pt checkpoint.")
         teachers.append(teacher)
-    if len({str(src) for src in sources if isinstance(src, (str, Path))}) < sum(isinstance(src, (str, Path)) for src in sources):
+    files = [str(src) for src in sources if isinstance(src, (str, Path))]
+    if len(set(files)) < len(files):
         LOGGER.warning("Distillation: the same teacher file is given more than once; each copy runs (and costs) "
                        "separately. Use distill_teacher_weights to weight a teacher instead.")
     if settings.ensemble and len(maps) > 1 and len({covered_classes(m) for m in maps}) > 1:

@@ -24,10 +24,8 @@ from distill.losses.kl import KLLoss, side_distances
 from distill.teacher import fingerprint, freeze, load_teacher
 from distill.teachers import Teacher
 from test_classmap import _subset
-
-
-def _snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+from test_robustness import _digest
+from test_training import _snapshot
 
 
 def test_two_teachers_of_other_families_through_the_python_api(data_yaml, teacher_pt, teacher11_pt, project):
@@ -243,11 +241,8 @@ def test_a_ddp_worker_rebuilds_both_teachers(data_yaml, teacher_pt, project):
             workers.append(json.loads(done.stdout.split("WORKER ", 1)[1].splitlines()[0]))
     finally:
         ddp_cleanup(trainer, file)
-    import hashlib
-
     d = trainer.distiller
-    digests = [hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in t.model.state_dict().values())).hexdigest()
-               for t in d.teachers]
+    digests = [_digest(t.model) for t in d.teachers]
     paths = [str(trainer.save_dir / "teacher1.pt"), str(trainer.save_dir / "teacher2.pt")]
     for worker in workers:
         assert worker["teachers"] == digests and worker["paths"] == paths
