@@ -88,6 +88,18 @@ def parse_extra(tokens: list[str]) -> dict[str, Any]:
     return out
 
 
+def split_teacher_values(values: list[str]) -> tuple[list[str] | None, list[str]]:
+    """`--teacher` values -> (teachers, train arguments). A `key=value` whose key is a plain name and which is
+    not a file is a train argument argparse swept up (`--teacher a.pt lr0=0.01`); a path with '=' in it
+    (`runs/lr=0.01/best.pt`) stays a teacher, so a missing one is reported as a missing teacher."""
+    def is_argument(value: str) -> bool:
+        key, eq, _ = value.partition("=")
+        return bool(eq) and key.replace("-", "_").isidentifier() and not Path(value).exists()
+
+    teachers = [v for v in values if not is_argument(v)]
+    return teachers or None, [v for v in values if is_argument(v)]
+
+
 LAYER_FLAGS = ("--distill-layers", "--distill-teacher-layers")
 
 
@@ -135,8 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = attach_layer_values(sys.argv[1:] if argv is None else list(argv))
     ns, rest = parser.parse_known_args(argv)
     if ns.teacher:  # --teacher takes one or more values: give back a key=value passthrough that follows it
-        passthrough = [t for t in ns.teacher if "=" in t and not Path(t).exists()]
-        ns.teacher = [t for t in ns.teacher if t not in passthrough] or None
+        ns.teacher, passthrough = split_teacher_values(ns.teacher)
         rest = passthrough + rest
     extra = parse_extra(rest)
     try:

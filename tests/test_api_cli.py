@@ -126,6 +126,18 @@ def test_passthrough_argument_forms():
     }
 
 
+def test_teacher_values_give_back_only_train_arguments(tmp_path):
+    """argparse sweeps a `key=value` after `--teacher a.pt` into the teacher list: it goes back to the train
+    arguments, while paths with '=' in them, existing or not, stay teachers."""
+    from distill.cli import split_teacher_values
+
+    odd = tmp_path / "lr=0.01.pt"
+    odd.touch()
+    values = ["a.pt", "lr0=0.01", "runs/lr=0.01/best.pt", str(odd), "close-mosaic=0"]
+    assert split_teacher_values(values) == (["a.pt", "runs/lr=0.01/best.pt", str(odd)], ["lr0=0.01", "close-mosaic=0"])
+    assert split_teacher_values(["epochs=3"]) == (None, ["epochs=3"])
+
+
 PRESETS = sorted((ROOT / "configs").glob("*.yaml"))
 
 
