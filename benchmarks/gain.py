@@ -11,6 +11,7 @@ seed list. Writes <out>.json, <out>.md and <out>.png.
     python benchmarks/gain.py --quick               # smoke-sized, a few minutes on a CPU
     python benchmarks/gain.py --methods "cwd;cwd:cwd_weight=10;builtin:dis=6"
     python benchmarks/gain.py --data ../shared/data/bccd/data.yaml --imgsz 160 --methods "cwd+kl"
+    python benchmarks/gain.py --yolo-task segment --methods "baseline;kl"   # yolov8n-seg from yolov8s-seg
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ import time
 from pathlib import Path
 
 from common import Method, code_version, finite, git_commit, machine, parse_methods  # noqa: I001  (sets sys.path, offline defaults)
-from recipes import STUDENT, TASKS, select_task
+from recipes import STUDENT, TASKS, YOLO_TASKS, select_task, task_model
 
 import torch
 import ultralytics
 from ultralytics import YOLO as PlainYOLO
 
 from distill import YOLO
-from distill.compare import map_curve, results_columns
+from distill.compare import map_curve, results_columns, task_metric
 from distill.demo import DEMO_TEACHER
-from distill.trainer import PlainDetectionTrainer
+from distill.tasks import PLAIN_TRAINERS
 
 DEFAULT_METHODS = "baseline;cwd;mgd;mimic;kl;cwd+kl;builtin"
 
@@ -48,11 +49,13 @@ def train_once(method, task, teacher: Path | None, seed: int, project: str, devi
               "exist_ok": True, "verbose": False, **({"device": device} if device else {})}
     yolo = (PlainYOLO if method.kind == "builtin" else YOLO)(model)
     t0 = time.time()
-    plain = {"trainer": PlainDetectionTrainer} if method.kind == "builtin" else {}  # Ultralytics' own, AMP check offline
+    # Ultralytics' own trainer for the task, AMP check offline
+    plain = {"trainer": PLAIN_TRAINERS[task.yolo_task]} if method.kind == "builtin" else {}
     yolo.train(data=str(task.data()), **kwargs, **plain, **method.train_kwargs(teacher))
     run = Path(yolo.trainer.save_dir)
-    return {"seed": seed, "epochs": epochs, "map50_95": float(yolo.metrics.box.map),
-            "map50": float(yolo.metrics.box.map50), "seconds": round(time.time() - t0, 1),
+    score = task_metric(yolo.metrics)  # masks, keypoints or boxes: the student's own task
+    return {"seed": seed, "epochs": epochs, "map50_95": float(score.map),
+            "map50": float(score.map50), "seconds": round(time.time() - t0, 1),
             "curve": [round(v, 5) for v in map_curve(run)], "train_losses": loss_scale(run),
             "params": effective_params(yolo.trainer),
             "student_params": sum(p.numel() for p in yolo.model.parameters()),  # what was trained (the final model)
@@ -228,7 +231,7 @@ def plot(result: dict, path: Path) -> None:
 def given_teacher_problem(path: str, task, teacher_epochs: int | None) -> str | None:
     """Why a --teacher checkpoint cannot stand in for the recipe's teacher, or None."""
     from distill.classmap import dataset_names, same_classes
-    from distill.teacher import load_teacher
+    from distill.teacher import load_teacher, model_task
 
     if teacher_epochs is not None:
         return "it replaces the trained teacher, so --teacher-epochs has no effect."
@@ -236,14 +239,20 @@ def given_teacher_problem(path: str, task, teacher_epochs: int | None) -> str | 
         return "not a .pt checkpoint on disk."
     from ultralytics.data.utils import check_det_dataset
 
-    if not same_classes(load_teacher(path), dataset_names(check_det_dataset(str(task.data())))):
+    teacher = load_teacher(path)
+    if not same_classes(teacher, dataset_names(check_det_dataset(str(task.data())))):
         return "its classes differ from the dataset's, so its mAP (and the gap closed) would mean nothing here."
+    if model_task(teacher) != task.yolo_task:
+        return (f"it is a {model_task(teacher)} model and the students {task.yolo_task} ones, so its mAP (and the gap "
+                "closed) would mean nothing here.")
     return None
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="short", choices=list(TASKS), help="the recipe (benchmarks/recipes.py)")
+    p.add_argument("--yolo-task", default="detect", choices=YOLO_TASKS, help="what the students learn: segment, pose "
+                   "and obb use that task's synthetic labels (or --data's) and the -seg/-pose/-obb models")
     p.add_argument("--quick", action="store_true", help="same as --task quick (tiny data, 3 epochs)")
     p.add_argument("--seeds", type=int, default=3, help="seeds per method (the spread needs 3 or more)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds run are first-seed .. first-seed + seeds - 1")
@@ -257,7 +266,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--teacher", nargs="+", default=None, help="trained teacher checkpoint(s) (.pt) instead of the "
                    "recipe's cached yolov8s: your own, a pre-trained one, or one trained elsewhere (e.g. on a GPU). "
                    "Several: every distilled method uses all, unless its spec picks some (kl:teachers=2)")
-    p.add_argument("--student", default=STUDENT, help="the student every run starts from: a model YAML (from scratch) "
+    p.add_argument("--student", default=None, help="the student every run starts from: a model YAML (from scratch) "
                    "or a .pt checkpoint (e.g. one pre-trained on a larger corpus, then fine-tuned here)")
     p.add_argument("--teacher-models", nargs="+", default=None, metavar="YAML",
                    help="the recipe's cached teachers of these models instead of its yolov8s (e.g. yolov8s.yaml "
@@ -270,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/gain[_<task>])")
     a = p.parse_args(argv)
     try:
-        task = select_task("quick" if a.quick else a.task, a.data, imgsz=a.imgsz, epochs=a.epochs,
+        task = select_task("quick" if a.quick else a.task, a.data, a.yolo_task, imgsz=a.imgsz, epochs=a.epochs,
                            teacher_epochs=a.teacher_epochs)
     except ValueError as e:
         p.error(str(e))
@@ -279,10 +288,11 @@ def main(argv: list[str] | None = None) -> dict:
     for path in a.teacher or []:
         if problem := given_teacher_problem(path, task, a.teacher_epochs):
             p.error(f"--teacher {path}: {problem}")
-    if a.student != STUDENT and not (Path(a.student).suffix in {".yaml", ".yml"} or Path(a.student).is_file()):
+    if a.student is not None and not (Path(a.student).suffix in {".yaml", ".yml"} or Path(a.student).is_file()):
         p.error(f"--student {a.student}: no such checkpoint. Give a model .yaml or a .pt file on disk.")
     # Given teachers' and students' results never overwrite the recipe's own.
-    suffix = "" if a.student == STUDENT else f"_student-{Path(a.student).stem}"
+    suffix = "" if a.student is None else f"_student-{Path(a.student).stem}"
+    a.student = a.student or task_model(STUDENT, task.yolo_task)
     suffix += (f"_teacher-{'+'.join(Path(t).stem for t in a.teacher)}" if a.teacher else
               f"_teachers-{'+'.join(Path(t).stem for t in a.teacher_models)}" if a.teacher_models else "")
     out = Path(a.out or f"benchmarks/results/gain{'' if task.name == 'full' else '_' + task.name}{suffix}")
@@ -294,11 +304,11 @@ def main(argv: list[str] | None = None) -> dict:
             m.train_kwargs(teachers)  # a spec naming a teacher that is not there fails now, not after hours
     except ValueError as e:
         p.error(str(e))
-    teacher_maps = [float(validate(t, task, a.device).box.map) for t in teachers]
+    teacher_maps = [float(task_metric(validate(t, task, a.device)).map) for t in teachers]
     teacher_map = max(teacher_maps)  # the gap closed is measured to the best teacher
     teacher = teachers[0] if len(teachers) == 1 else teachers
     n_train, n_val = task.split_sizes()
-    meta = {"task": task.name, "student": a.student, "teacher": str(teacher) if len(teachers) == 1 else
+    meta = {"task": task.name, "yolo_task": task.yolo_task, "student": a.student, "teacher": str(teacher) if len(teachers) == 1 else
             [str(t) for t in teachers], "teacher_map50_95": teacher_map,
             **({"teacher_maps": teacher_maps} if len(teachers) > 1 else {}),
             "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"], "epochs": task.student_epochs,

@@ -23,6 +23,11 @@ data, augmentation, optimizer and epochs for every method and seed. The scripts 
   with `--teacher`.
 - `quick`: smoke-sized, for tests and CI.
 
+Every recipe also runs for a segment, pose or OBB student (`--yolo-task`, default detect): the synthetic data then
+carries that task's labels for the same images (distill/synthetic.py), the student and teacher are the task's
+variants of the same models (yolov8n-seg.yaml, yolov8s-seg.yaml, ...), and the task is named e.g. `short-segment`.
+A --data dataset must carry that task's labels.
+
 The name recorded in results is `Task.name` ("full" is the short recipe's name in older results).
 """
 
@@ -49,6 +54,7 @@ class Task:
     student_epochs: int
     recipe: dict[str, Any] = field(default_factory=dict)
     data_yaml: Path | None = None
+    yolo_task: str = "detect"  # what the student learns: detect, segment, pose or obb
 
     def data(self) -> Path:
         return self.data_yaml if self.data_yaml is not None else synthetic_dataset(self.spec)
@@ -69,7 +75,20 @@ class Task:
         """The task's teacher (yolov8s unless `model` names another YAML): trained on the task's data with its
         recipe once, then cached."""
         extra = {"device": device} if device else {}
-        return cached_teacher(model, self.data(), self.teacher_epochs, **self.recipe, **extra)
+        return cached_teacher(task_model(model, self.yolo_task), self.data(), self.teacher_epochs, **self.recipe, **extra)
+
+
+YOLO_TASKS = ("detect", "segment", "pose", "obb")
+_SUFFIX = {"segment": "-seg", "pose": "-pose", "obb": "-obb"}
+
+
+def task_model(cfg: str, yolo_task: str) -> str:
+    """The `yolo_task` variant of a detection model YAML: ('yolov8n.yaml', 'segment') -> 'yolov8n-seg.yaml'. Other
+    names (a checkpoint, a YAML that already names a task) are returned as they are."""
+    path = Path(cfg)
+    if yolo_task == "detect" or path.suffix not in {".yaml", ".yml"} or any(path.stem.endswith(s) for s in _SUFFIX.values()):
+        return cfg
+    return str(path.with_name(f"{path.stem}{_SUFFIX[yolo_task]}{path.suffix}"))
 
 
 SHORT = Task("full", DEMO_SPEC, DEMO_TEACHER_EPOCHS, DEMO_STUDENT_EPOCHS, dict(DEMO_RECIPE))
@@ -82,13 +101,18 @@ TASKS = {"short": SHORT, "long": LONG, "quick": QUICK}
 STUDENT = DEMO_STUDENT
 
 
-def select_task(name: str, data_yaml: str | Path | None = None, **overrides: Any) -> Task:
+def select_task(name: str, data_yaml: str | Path | None = None, yolo_task: str = "detect", **overrides: Any) -> Task:
     """The recipe `name`; with `data_yaml`, that recipe on a dataset of yours (e.g. BCCD), named after its
-    folder. overrides: epochs (the student's), teacher_epochs, or any train argument (imgsz, batch, ...);
-    None values are ignored. ValueError when the combination makes no sense."""
+    folder; for a `yolo_task` student other than detect, with that task's labels (and a '-<yolo_task>' name).
+    overrides: epochs (the student's), teacher_epochs, or any train argument (imgsz, batch, ...); None values are
+    ignored. ValueError when the combination makes no sense."""
     if name not in TASKS:
         raise ValueError(f"--task {name}: unknown recipe. Choose one of {', '.join(TASKS)}.")
+    if yolo_task not in YOLO_TASKS:
+        raise ValueError(f"--yolo-task {yolo_task}: choose one of {', '.join(YOLO_TASKS)}.")
     task, overrides = TASKS[name], {k: v for k, v in overrides.items() if v is not None}
+    if yolo_task != "detect":
+        task = replace(task, name=f"{name}-{yolo_task}", spec=replace(task.spec, task=yolo_task), yolo_task=yolo_task)
     student_epochs = overrides.pop("epochs", task.student_epochs)
     teacher_epochs = overrides.pop("teacher_epochs", task.teacher_epochs)
     if data_yaml is None:
@@ -102,5 +126,6 @@ def select_task(name: str, data_yaml: str | Path | None = None, **overrides: Any
     # The folder names the task; a recipe other than the short one says which, so that results of two
     # recipes on one dataset never pool.
     label = path.parent.name if name == "short" else f"{path.parent.name}-{name}"
+    label += "" if yolo_task == "detect" else f"-{yolo_task}"
     return replace(task, name=label, spec=None, data_yaml=path, student_epochs=student_epochs,
                    teacher_epochs=teacher_epochs, recipe={**task.recipe, **overrides})

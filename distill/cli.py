@@ -167,7 +167,7 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
         read_checkpoint(ns.resume, "resume")
         model = YOLO(ns.resume)
         model.train(resume=True, **{k: v for k, v in args.items() if k in {"device", "batch", "workers"}})
-        return report(model, teacher_sources(model.trainer.args.Distillation), teacher_is_scored(model.trainer))
+        return report(model, teacher_sources(model.trainer.args.Distillation), unscored_teachers(model.trainer))
     demo = "data" not in args
     if demo:
         for key, value in {**DEMO_RECIPE, "epochs": DEMO_STUDENT_EPOCHS}.items():
@@ -193,12 +193,12 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
     args["Distillation"] = teacher
     student.train(**args)
     teachers = teacher_sources(student.trainer.args.Distillation)  # the files that taught (a .yaml was written to one)
-    scored = teacher_is_scored(student.trainer)
-    code = report(student, teachers, scored)
+    unscored = unscored_teachers(student.trainer)
+    code = report(student, teachers, unscored)
     if demo and args["epochs"] == DEMO_STUDENT_EPOCHS:
         print(DEMO_CAVEAT)
     if ns.compare:
-        compare_with_baseline(student_path, teachers, args, Path(student.trainer.save_dir), scored)
+        compare_with_baseline(student_path, teachers, args, Path(student.trainer.save_dir), [u is None for u in unscored])
     return code
 
 
@@ -220,12 +220,21 @@ DEMO_CAVEAT = (
     "To measure the gain on your own data: add --compare (trains the same student without the teacher).")
 
 
-def teacher_is_scored(trainer: Any) -> list[bool]:
-    """Per teacher, whether its mAP on the dataset means anything: only when it predicts the dataset's classes (a
-    teacher matched by name, or used for features only, would be scored by class index against other classes)."""
+def unscored_teachers(trainer: Any) -> list[str | None]:
+    """Per teacher, why its mAP on the dataset would mean nothing (None: it is scored). A teacher of other classes
+    (matched by name, or used for features only) would be scored by class index against other classes; a detection
+    teacher of a seg or pose student has no mask or keypoint mAP to set beside the student's."""
     from distill.classmap import dataset_names, same_classes
+    from distill.teacher import model_task
 
-    return [same_classes(t.model, dataset_names(trainer.data)) for t in trainer.distiller.teachers]
+    def problem(model: Any) -> str | None:
+        if not same_classes(model, dataset_names(trainer.data)):
+            return "its classes differ from the dataset's"
+        if model_task(model) != trainer.student_task:
+            return f"a {model_task(model)} model, scored differently from the {trainer.student_task} student"
+        return None
+
+    return [problem(t.model) for t in trainer.distiller.teachers]
 
 
 def compare_with_baseline(student_path: str, teachers: list[str], args: dict[str, Any], distilled_run: Path,
@@ -245,19 +254,21 @@ def compare_with_baseline(student_path: str, teachers: list[str], args: dict[str
     print(f"\nComparison (also in {distilled_run / 'compare.md'}):\n" + format_report(result))
 
 
-def report(student: Any, teachers: list[str], teacher_scored: list[bool]) -> int:
+def report(student: Any, teachers: list[str], unscored: list[str | None]) -> int:
     """Print each teacher's and the student's mAP50-95 (same data, image size and device) and where the student
     checkpoint is."""
     from ultralytics import YOLO as PlainYOLO
 
+    from distill.compare import task_metric
+
     trainer = student.trainer
     best = Path(trainer.best if trainer.best.exists() else trainer.last)
-    s_map = float(student.metrics.box.map) if getattr(student, "metrics", None) is not None else float("nan")
+    s_map = float(task_metric(student.metrics).map) if getattr(student, "metrics", None) is not None else float("nan")
     lines = ["", "Distillation finished."]
-    for i, (teacher, scored) in enumerate(zip(teachers, teacher_scored)):
+    for i, (teacher, problem) in enumerate(zip(teachers, unscored)):
         label = "teacher" if len(teachers) == 1 else f"teacher {i + 1}"
-        if not scored:
-            lines.append(f"  {label} mAP50-95: n/a  ({teacher}: its classes differ from the dataset's)")
+        if problem:
+            lines.append(f"  {label} mAP50-95: n/a  ({teacher}: {problem})")
             continue
         t0 = time.time()
         metrics = PlainYOLO(teacher).val(
@@ -265,7 +276,7 @@ def report(student: Any, teachers: list[str], teacher_scored: list[bool]) -> int
             plots=False, verbose=False, project=str(trainer.save_dir), name=f"{label.replace(' ', '')}_val",
             exist_ok=True,
         )
-        lines.append(f"  {label} mAP50-95: {metrics.box.map:.4f}  ({teacher}, validated in {time.time() - t0:.1f}s)")
+        lines.append(f"  {label} mAP50-95: {task_metric(metrics).map:.4f}  ({teacher}, validated in {time.time() - t0:.1f}s)")
     lines += [f"  student mAP50-95: {s_map:.4f}", f"  student checkpoint: {best}"]
     print("\n".join(lines))
     return 0

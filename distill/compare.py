@@ -25,8 +25,19 @@ def model_card(weights: str | Path, data: str, imgsz: int, batch: int, device: A
         return {"map50": None, "map50_95": None, "params": int(params), "gflops": float(gflops), "ms_per_image": None}
     metrics = model.val(data=data, imgsz=imgsz, batch=batch, device=device, plots=False, verbose=False,
                         project=str(project), name=f"val-{Path(weights).stem}", exist_ok=True)
-    return {"map50": float(metrics.box.map50), "map50_95": float(metrics.box.map), "params": int(params),
+    part = task_metric(metrics)
+    return {"map50": float(part.map50), "map50_95": float(part.map), "params": int(params),
             "gflops": float(gflops), "ms_per_image": float(metrics.speed["inference"])}
+
+
+# The metric a task is judged by: masks (segment), keypoints (pose), boxes (detect, obb). Its results.csv suffix.
+TASK_PARTS = (("seg", "M"), ("pose", "P"), ("box", "B"))
+
+
+def task_metric(metrics: Any) -> Any:
+    """The part of Ultralytics' validation metrics that scores the model's own task (`.seg`, `.pose` or `.box`),
+    with `.map50` and `.map` (mAP50-95)."""
+    return next(getattr(metrics, name) for name, _ in TASK_PARTS if hasattr(metrics, name))
 
 
 def results_columns(run: str | Path) -> dict[str, list[float]]:
@@ -37,8 +48,10 @@ def results_columns(run: str | Path) -> dict[str, list[float]]:
 
 
 def map_curve(run: Path) -> list[float]:
-    """mAP50-95 per epoch from a run's results.csv."""
-    return results_columns(run)["metrics/mAP50-95(B)"]
+    """mAP50-95 per epoch of the run's own task (masks, keypoints or boxes) from its results.csv."""
+    columns = results_columns(run)
+    return next(columns[f"metrics/mAP50-95({suffix})"] for _, suffix in TASK_PARTS
+                if f"metrics/mAP50-95({suffix})" in columns)
 
 
 def compare(teachers: str | Path | list, baseline_run: Path, distilled_run: Path, data: str, imgsz: int, batch: int,

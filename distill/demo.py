@@ -11,11 +11,12 @@ from pathlib import Path
 
 import ultralytics
 from ultralytics import YOLO as _PlainYOLO
+from ultralytics.nn.tasks import guess_model_task
 
 from distill._offline import CACHE_DIR
 from distill.compare import map_curve
 from distill.synthetic import SyntheticSpec, synthetic_dataset
-from distill.trainer import PlainDetectionTrainer
+from distill.tasks import PLAIN_TRAINERS
 
 DEMO_SPEC = SyntheticSpec(n_train=256, n_val=64, imgsz=160, seed=0)
 DEMO_TEACHER = "yolov8s.yaml"
@@ -29,7 +30,8 @@ DEMO_TEACHER_EPOCHS = 35
 
 
 def cached_teacher(cfg: str, data: str | Path, epochs: int, **train_args) -> Path:
-    """A teacher trained from `cfg` on `data` with `train_args`, trained once and cached by recipe."""
+    """A teacher trained from `cfg` (a model YAML of any task: detect, -seg, -pose, -obb) on `data` with
+    `train_args`, trained once and cached by recipe."""
     recipe = json.dumps([cfg, str(Path(data).resolve()), epochs, train_args, ultralytics.__version__], sort_keys=True)
     key = hashlib.sha1(recipe.encode()).hexdigest()[:10]
     target = CACHE_DIR / "teachers" / f"{Path(cfg).stem}-{key}.pt"
@@ -40,7 +42,7 @@ def cached_teacher(cfg: str, data: str | Path, epochs: int, **train_args) -> Pat
         model = _PlainYOLO(cfg)
         t0 = time.time()
         model.train(data=str(data), epochs=epochs, project=tmp, name="teacher", plots=False, exist_ok=True,
-                    trainer=PlainDetectionTrainer, **train_args)
+                    trainer=PLAIN_TRAINERS[guess_model_task(cfg)], **train_args)
         run = Path(tmp) / "teacher"
         # How it was trained, beside it: wall seconds and the mAP50-95 curve (what a plateau is judged from).
         history = {"seconds": round(time.time() - t0, 1), "curve": [round(v, 5) for v in map_curve(run)]}

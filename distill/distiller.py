@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from ultralytics.nn.modules import OBB, Pose, Segment
 from ultralytics.utils import LOGGER
 
 from distill.balance import Balancer
@@ -47,6 +48,15 @@ def head_pairs(student_preds: Any, teacher_preds: Any) -> list[tuple[dict, dict]
     if "one2one" in s and "one2one" in t:
         pairs.append((s["one2one"], t["one2one"]))
     return pairs
+
+
+def task_outputs(student_head: nn.Module, teacher_head: nn.Module) -> str:
+    """What the logit loss distils beyond scores and boxes for this pair of heads ('' for nothing): keypoints of
+    the same kpt_shape, angles, instance masks."""
+    kinds = [("keypoints", Pose, lambda s, t: list(s.kpt_shape) == list(t.kpt_shape)), ("angles", OBB, None),
+             ("instance masks", Segment, None)]
+    return ", ".join(name for name, head, same in kinds if isinstance(student_head, head)
+                     and isinstance(teacher_head, head) and (same is None or same(student_head, teacher_head)))
 
 
 class Distiller:
@@ -167,6 +177,15 @@ class Distiller:
         if (getattr(sh, "one2one_cv2", None) is None) != (getattr(th, "one2one_cv2", None) is None):
             LOGGER.info(f"Distillation: only one of the student and {who} has an end-to-end (one-to-one) head "
                         "branch; the logit loss distils the dense branch they share and skips the one-to-one branch.")
+        own = task_outputs(sh, th)
+        if own:
+            LOGGER.info(f"Distillation: the logit loss also distils the student's {own} (task head outputs).")
+        if isinstance(sh, Pose) and isinstance(th, Pose) and list(sh.kpt_shape) != list(th.kpt_shape):
+            LOGGER.info(f"Distillation: student kpt_shape {list(sh.kpt_shape)}, {who} {list(th.kpt_shape)}: keypoints "
+                        "are not distilled (only class scores and boxes).")
+        elif not own and type(sh) is not type(th) and not isinstance(th, type(sh)):
+            LOGGER.info(f"Distillation: {who} has a {type(th).__name__} head and the student a {type(sh).__name__} "
+                        "head: the logit loss distils the class scores and boxes they share.")
         if sh.reg_max != th.reg_max:
             LOGGER.info(
                 f"Distillation: student reg_max {sh.reg_max}, {who} reg_max {th.reg_max}: boxes are distilled as "
@@ -254,6 +273,9 @@ class Distiller:
         if t_head is None or not any(loss.kind == "logit" for loss in self.losses.values()):
             return None
         pairs = head_pairs(preds, t_head)  # end-to-end heads: both branches
+        if (s_kpt := getattr(self._student.model[-1], "kpt_shape", None)) is not None:  # pose: how to read `kpts`
+            t_kpt = getattr(teacher.head, "kpt_shape", None)
+            pairs = [({**s, "kpt_shape": tuple(s_kpt)}, {**t, "kpt_shape": tuple(t_kpt) if t_kpt else None}) for s, t in pairs]
         return [teacher.class_map.select(s, t) for s, t in pairs] if teacher.class_map is not None else pairs
 
     def _term(self, name: str, loss: Any, teacher: Teacher, view: dict | None, pairs: list | None,

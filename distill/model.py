@@ -8,12 +8,14 @@ from typing import Any
 from ultralytics import YOLO as _UltralyticsYOLO
 
 from distill.checkpoints import read_checkpoint
-from distill.trainer import DistillationTrainer, PlainDetectionTrainer, distill_arg_keys
+from distill.tasks import PLAIN_TRAINERS, distillation_trainer
+from distill.trainer import distill_arg_keys
 
 
 class YOLO(_UltralyticsYOLO):
-    """`YOLO(...).train(data=..., Distillation=teacher, loss_type='cwd')` distils; without a teacher it
-    trains exactly like `ultralytics.YOLO`, except that offline a detector's AMP check never tries a download."""
+    """`YOLO(...).train(data=..., Distillation=teacher, loss_type='cwd')` distils a detect, segment, pose or OBB
+    student (the trainer follows the model's task); without a teacher it trains exactly like `ultralytics.YOLO`,
+    except that offline the AMP check never tries a download."""
 
     def __init__(self, model: str | Path = "yolo26n.pt", task: str | None = None, verbose: bool = False) -> None:
         if isinstance(model, (str, Path)) and str(model).endswith(".pt"):
@@ -24,9 +26,9 @@ class YOLO(_UltralyticsYOLO):
         if trainer is None:
             resumed = bool(kwargs.get("resume")) and bool(((self.ckpt or {}).get("train_args") or {}).get("Distillation"))
             if kwargs.get("Distillation") is not None or resumed:
-                trainer = DistillationTrainer
+                trainer = distillation_trainer(self.task)
             elif given := sorted(k for k in kwargs if k in distill_arg_keys() and k != "Distillation"):
                 raise ValueError(f"{', '.join(given)} need(s) a teacher: pass Distillation=<teacher> as well.")
-            elif self.task == "detect":
-                trainer = PlainDetectionTrainer
+            else:
+                trainer = PLAIN_TRAINERS.get(self.task)
         return super().train(trainer=trainer, **kwargs)

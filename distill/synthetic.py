@@ -1,8 +1,14 @@
-"""A synthetic detection dataset for tests and the default demo: shapes on cluttered backgrounds.
+"""A synthetic dataset for tests and the default demo: shapes on cluttered backgrounds.
 
 YOLO format, deterministic by seed, six classes, objects from a few pixels to half the image,
 overlapping and partly occluded, with unlabeled clutter (lines, blobs, noise). Generated once into a
 cache folder (atomically: a folder is either complete or absent) and reused.
+
+One set of images serves every task (the same seed draws the same pictures); only the labels differ:
+  detect   boxes
+  segment  the shape's outline as a polygon (a ring's outer circle)
+  pose     a box plus 4 keypoints, the outline's extreme points (leftmost, topmost, rightmost, bottommost)
+  obb      the outline's minimum-area rotated rectangle, as 4 corners
 """
 
 from __future__ import annotations
@@ -22,6 +28,9 @@ import numpy as np
 from distill._offline import CACHE_DIR
 
 CLASSES = ("circle", "square", "triangle", "cross", "ring", "diamond")
+TASKS = ("detect", "segment", "pose", "obb")
+KEYPOINTS = ("leftmost", "topmost", "rightmost", "bottommost")
+FLIP_IDX = (2, 1, 0, 3)  # a left-right flip swaps leftmost and rightmost
 
 
 @dataclass(frozen=True)
@@ -36,17 +45,25 @@ class SyntheticSpec:
     max_objects: int = 10
     min_size: int = 5
     max_size_frac: float = 0.5
+    task: str = "detect"
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"synthetic task must be one of {', '.join(TASKS)}, got {self.task!r}.")
 
     @property
     def key(self) -> str:
-        blob = json.dumps({**asdict(self), "classes": CLASSES, "v": 1}, sort_keys=True)
+        fields = asdict(self)
+        if self.task == "detect":  # detection folders keep the names they had before tasks existed
+            del fields["task"]
+        blob = json.dumps({**fields, "classes": CLASSES, "v": 1}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
 
 def synthetic_dataset(spec: SyntheticSpec = SyntheticSpec(), root: str | Path | None = None) -> Path:
     """Path of `data.yaml` for `spec`, generating the dataset under `root` (default: the cache) if needed."""
     root = Path(root) if root is not None else CACHE_DIR / "synthetic"
-    folder = root / f"shapes-{spec.key}"
+    folder = root / f"shapes-{spec.key}" if spec.task == "detect" else root / f"shapes-{spec.task}-{spec.key}"
     data_yaml = folder / "data.yaml"
     if data_yaml.exists():
         return data_yaml
@@ -57,14 +74,15 @@ def synthetic_dataset(spec: SyntheticSpec = SyntheticSpec(), root: str | Path | 
             (tmp / "images" / split).mkdir(parents=True)
             (tmp / "labels" / split).mkdir(parents=True)
             for i in range(count):
-                image, labels = render_image(spec, np.random.default_rng([spec.seed, offset + i]))
+                image, objects = render_objects(spec, np.random.default_rng([spec.seed, offset + i]))
                 cv2.imwrite(str(tmp / "images" / split / f"{i:05d}.jpg"), image, [cv2.IMWRITE_JPEG_QUALITY, 95])
-                lines = [f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}" for c, x, y, w, h in labels]
+                lines = [label_line(spec.task, cls, outline, spec.imgsz) for cls, outline in objects]
                 (tmp / "labels" / split / f"{i:05d}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
         names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
         (tmp / "data.yaml").write_text(
             f"# yolo-distill synthetic shapes, spec {json.dumps(asdict(spec))}\n"
             f"path: {folder.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n"
+            + (f"kpt_shape: [{len(KEYPOINTS)}, 3]\nflip_idx: {list(FLIP_IDX)}\n" if spec.task == "pose" else "")
         )
         try:
             os.replace(tmp, folder)  # atomic publish; a concurrent generator may have won the race
@@ -77,11 +95,17 @@ def synthetic_dataset(spec: SyntheticSpec = SyntheticSpec(), root: str | Path | 
 
 
 def render_image(spec: SyntheticSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple]]:
-    """One (H, W, 3) uint8 BGR image and its labels [(cls, xc, yc, w, h) normalised]."""
+    """One (H, W, 3) uint8 BGR image and its box labels [(cls, xc, yc, w, h) normalised]."""
+    image, objects = render_objects(spec, rng)
+    return image, [(cls, *_box(outline, spec.imgsz)) for cls, outline in objects]
+
+
+def render_objects(spec: SyntheticSpec, rng: np.random.Generator) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
+    """One (H, W, 3) uint8 BGR image and its objects [(cls, outline (N, 2) in pixels, unclipped)]."""
     s = spec.imgsz
     image = _background(s, rng)
     boxes: list[tuple[float, float, float, float]] = []
-    labels = []
+    objects = []
     for _ in range(int(rng.integers(spec.min_objects, spec.max_objects + 1))):
         for _attempt in range(10):
             size = math.exp(rng.uniform(math.log(spec.min_size), math.log(spec.max_size_frac * s)))
@@ -94,11 +118,38 @@ def render_image(spec: SyntheticSpec, rng: np.random.Generator) -> tuple[np.ndar
                 continue
             _draw(image, cls, points, cx, cy, size, _contrasting_colour(image, cx, cy, rng))
             boxes.append((x1, y1, x2, y2))
-            labels.append((cls, (x1 + x2) / 2 / s, (y1 + y2) / 2 / s, (x2 - x1) / s, (y2 - y1) / s))
+            objects.append((cls, points))
             break
     _clutter(image, rng, foreground=True)
     noise = rng.normal(0, 8, image.shape)
-    return np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8), labels
+    return np.clip(image.astype(np.float32) + noise, 0, 255).astype(np.uint8), objects
+
+
+def _box(outline: np.ndarray, s: int) -> tuple[float, float, float, float]:
+    """(xc, yc, w, h) normalised of the outline's box, clipped to the image."""
+    x1, y1 = np.clip(outline.min(0), 0, s - 1)
+    x2, y2 = np.clip(outline.max(0), 0, s - 1)
+    return (x1 + x2) / 2 / s, (y1 + y2) / 2 / s, (x2 - x1) / s, (y2 - y1) / s
+
+
+def extreme_points(outline: np.ndarray) -> np.ndarray:
+    """(4, 2) pixels: the outline's leftmost, topmost, rightmost and bottommost points (KEYPOINTS order)."""
+    return outline[[outline[:, 0].argmin(), outline[:, 1].argmin(), outline[:, 0].argmax(), outline[:, 1].argmax()]]
+
+
+def label_line(task: str, cls: int, outline: np.ndarray, s: int) -> str:
+    """One YOLO label line for `task` (normalised coordinates, kept inside the image)."""
+    box = " ".join(f"{v:.6f}" for v in _box(outline, s))
+    if task == "segment":
+        xy = np.clip(outline, 0, s - 1) / s
+        return f"{cls} " + " ".join(f"{v:.6f}" for v in xy.reshape(-1))
+    if task == "pose":  # visibility 2 (labelled, visible) inside the image, 0 (absent) outside
+        kpts = [f"{x / s:.6f} {y / s:.6f} 2" if 0 <= x < s and 0 <= y < s else "0 0 0" for x, y in extreme_points(outline)]
+        return f"{cls} {box} " + " ".join(kpts)
+    if task == "obb":  # clipped corners: Ultralytics fits the rotated rectangle again when it loads them
+        corners = np.clip(cv2.boxPoints(cv2.minAreaRect(outline.astype(np.float32))), 0, s - 1) / s
+        return f"{cls} " + " ".join(f"{v:.6f}" for v in corners.reshape(-1))
+    return f"{cls} {box}"
 
 
 def _background(s: int, rng: np.random.Generator) -> np.ndarray:

@@ -11,22 +11,27 @@ from typing import Any
 import torch
 from torch import nn
 from ultralytics.engine.model import Model
-from ultralytics.nn.modules import Detect
-from ultralytics.nn.tasks import DetectionModel
+from ultralytics.nn.modules import OBB, Detect, Pose, Segment
+from ultralytics.nn.tasks import DetectionModel, OBBModel, PoseModel, SegmentationModel, guess_model_task
 
 from distill.checkpoints import read_checkpoint
 from distill.config import IN_MEMORY_TEACHER
 
 
-def load_teacher(source: Any, nc: int | None = None) -> nn.Module:
-    """Teacher model from a `.pt` checkpoint, a model `.yaml` (random weights, `nc` classes),
-    an Ultralytics YOLO object or a bare `nn.Module`. Raises ValueError/FileNotFoundError with a fix."""
+def load_teacher(source: Any, nc: int | None = None, kpt_shape: list[int] | None = None) -> nn.Module:
+    """Teacher model from a `.pt` checkpoint, a model `.yaml` (random weights, `nc` classes; a pose YAML takes the
+    dataset's `kpt_shape`), an Ultralytics YOLO object or a bare `nn.Module`. Raises ValueError/FileNotFoundError
+    with a fix."""
     if isinstance(source, Model):
         source = source.model
     if isinstance(source, (str, Path)):
         path = Path(source)
         if path.suffix in {".yaml", ".yml"}:
-            model = DetectionModel(str(path), nc=nc, verbose=False)
+            task = guess_model_task(str(path))
+            if task == "pose":
+                model = PoseModel(str(path), nc=nc, data_kpt_shape=tuple(kpt_shape or (None, None)), verbose=False)
+            else:
+                model = MODEL_CLASSES.get(task, DetectionModel)(str(path), nc=nc, verbose=False)
         elif path.suffix == ".pt":
             model = read_checkpoint(path, "teacher")
         else:
@@ -44,6 +49,25 @@ def load_teacher(source: Any, nc: int | None = None) -> nn.Module:
         raise ValueError("the teacher's head was fused for inference (its one-to-many branch removed, e.g. after "
                          "predict(nms=False)); load the teacher from its .pt file instead of passing that object.")
     return model
+
+
+MODEL_CLASSES = {"detect": DetectionModel, "segment": SegmentationModel, "pose": PoseModel, "obb": OBBModel}
+
+
+def model_task(model: nn.Module) -> str:
+    """'segment', 'pose', 'obb' or 'detect', from the model's head (the three task heads extend Detect)."""
+    head = model.model[-1]
+    return next((task for kind, task in ((Segment, "segment"), (Pose, "pose"), (OBB, "obb")) if isinstance(head, kind)),
+                "detect")
+
+
+def check_task(teacher: nn.Module, task: str, who: str = "the teacher") -> None:
+    """ValueError unless `teacher` does the student's `task`, or plain detection (which teaches the box and class
+    outputs every task head shares, and the features)."""
+    own = model_task(teacher)
+    if own not in (task, "detect"):
+        raise ValueError(f"{who} is a {own} model but the student is a {task} model. Pass a {task} teacher, or a "
+                         "detection one (it teaches the features and the box and class outputs every head shares).")
 
 
 def class_names(model: nn.Module) -> list[str] | None:
@@ -101,7 +125,8 @@ def needs_teacher_file(source: Any) -> bool:
 def save_teacher(teacher: nn.Module, path: Path) -> Path:
     """Write `teacher` as an Ultralytics-loadable checkpoint (so DDP workers and resume can rebuild it)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save({"model": teacher, "train_args": {}, "epoch": -1, "date": None}, path)
+    # The task in train_args: Ultralytics reads a checkpoint's task from there before it looks at the head.
+    atomic_save({"model": teacher, "train_args": {"task": model_task(teacher)}, "epoch": -1, "date": None}, path)
     return path
 
 

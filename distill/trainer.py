@@ -1,4 +1,9 @@
-"""DistillationTrainer: an Ultralytics DetectionTrainer with a frozen teacher beside the student."""
+"""The distillation glue (a mixin over any Ultralytics detection-family trainer) and the detection trainer.
+
+`DistillationMixin` holds everything distillation adds to a trainer: the frozen teachers, the set-up checks, the
+connectors, the per-step hook into preprocess_batch and the final checkpoint. Combined with DetectionTrainer here
+and with the segment, pose and OBB trainers in `distill.tasks`, each in one line.
+"""
 
 from __future__ import annotations
 
@@ -20,8 +25,8 @@ from distill.classmap import check_classes, class_map, covered_classes, dataset_
 from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings, teacher_sources
 from distill.distiller import MODULES_ATTR, Distiller
 from distill.losses import get_loss_class
-from distill.teacher import (atomic_save, fingerprint, freeze, is_teacher_file, load_teacher, needs_teacher_file,
-                             save_teacher, teacher_save_path)
+from distill.teacher import (atomic_save, check_task, fingerprint, freeze, is_teacher_file, load_teacher,
+                             needs_teacher_file, save_teacher, teacher_save_path)
 from distill.teachers import Teacher
 
 
@@ -29,12 +34,15 @@ class PlainDetectionTrainer(OfflineAMPCheck, DetectionTrainer):
     """Ultralytics' DetectionTrainer, except that offline its AMP check never reaches for the network."""
 
 
-class DistillationTrainer(OfflineAMPCheck, DetectionTrainer):
-    """Trains the student with the detection loss plus distillation terms from a frozen teacher.
+class DistillationMixin:
+    """Trains the student with its task's loss plus distillation terms from frozen teachers. Goes before an
+    Ultralytics DetectionTrainer (or a subclass: segment, pose, OBB) in the bases; `student_task` names the task.
 
     The teacher is held here, never inside the student: Ultralytics' freeze loop, EMA and
     checkpoints only ever see the student (plus its connectors in `student.distill_modules`).
     """
+
+    student_task = "detect"
 
     def __init__(self, cfg=DEFAULT_CFG, overrides: dict | None = None, _callbacks: dict | None = None):
         overrides = dict(overrides or {})
@@ -46,14 +54,15 @@ class DistillationTrainer(OfflineAMPCheck, DetectionTrainer):
         if sources:  # one teacher is a value, several a list (a list of one is one teacher)
             overrides["Distillation"] = sources if len(sources) > 1 else sources[0]
         if not overrides.get("resume"):
-            loaded = preflight(cfg, overrides, loaded)  # fails before Ultralytics creates the run folder
+            loaded = preflight(cfg, overrides, loaded, self.student_task)  # fails before Ultralytics creates the run folder
         super().__init__(cfg, overrides, _callbacks)
         try:
             settings = DistillSettings.from_args(self.args)
             sources = settings.teachers
             if len(loaded) != len(sources):  # resume: rebuilt from the paths recorded in the checkpoint's args
                 loaded = [None] * len(sources)
-            teachers = [m if m is not None else load_teacher(src, nc=self.data["nc"]) for m, src in zip(loaded, sources)]
+            teachers = [m if m is not None else load_teacher(src, nc=self.data["nc"], kpt_shape=self.data.get("kpt_shape"))
+                        for m, src in zip(loaded, sources)]
             # A resumed run and a DDP worker must find the teachers the run started with.
             check_fingerprint(teachers, self.args, verify=bool(self.resume) or RANK != -1)
             several = len(sources) > 1
@@ -176,6 +185,7 @@ class DistillationTrainer(OfflineAMPCheck, DetectionTrainer):
             return values[0] if one else values
 
         return {
+            "task": self.student_task,
             "teacher": per_teacher([t.source for t in d.teachers]),
             "teacher_fingerprint": self.args.distill_teacher_fingerprint,
             "teacher_shares": [t.share for t in d.teachers],  # distill_teacher_weights over their sum
@@ -197,6 +207,10 @@ class DistillationTrainer(OfflineAMPCheck, DetectionTrainer):
         }
 
 
+class DistillationTrainer(DistillationMixin, OfflineAMPCheck, DetectionTrainer):
+    """Distils a detection student (DetectionTrainer with the distillation glue)."""
+
+
 def check_fingerprint(teachers: list[nn.Module], args: Any, verify: bool) -> None:
     """Record the teachers' fingerprints in `args` (saved with every checkpoint: a string for one teacher, a list for
     several); with `verify` (resume, DDP workers), first refuse a teacher whose weights differ from the recorded ones."""
@@ -216,9 +230,9 @@ def check_fingerprint(teachers: list[nn.Module], args: Any, verify: bool) -> Non
     args.distill_teacher_fingerprint = prints[0] if len(prints) == 1 else prints
 
 
-def preflight(cfg: Any, overrides: dict, loaded: list[nn.Module | None]) -> list[nn.Module]:
+def preflight(cfg: Any, overrides: dict, loaded: list[nn.Module | None], task: str = "detect") -> list[nn.Module]:
     """Check arguments, dataset and teachers before any file is written; returns the loaded teachers. loaded: the
-    teachers given as objects (None where a path is given), in the order of `Distillation`."""
+    teachers given as objects (None where a path is given), in the order of `Distillation`; task: the student's."""
     args = get_cfg(cfg, overrides)
     settings = DistillSettings.from_args(args)  # loss names and hyperparameters
     if settings.unused:
@@ -236,7 +250,9 @@ def preflight(cfg: Any, overrides: dict, loaded: list[nn.Module | None]) -> list
         name = "the teacher" if len(sources) == 1 else f"teacher {i + 1} ({source})"
         who = "" if len(sources) == 1 else f"{name}: "
         try:
-            teacher = model if model is not None else load_teacher(source, nc=data["nc"] if data else None)
+            teacher = model if model is not None else load_teacher(source, nc=data["nc"] if data else None,
+                                                                   kpt_shape=(data or {}).get("kpt_shape"))
+            check_task(teacher, task, name)
             if data is not None:
                 maps.append(check_classes(teacher, dataset_names(data), settings, name))
         except (ValueError, FileNotFoundError) as e:

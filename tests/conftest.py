@@ -48,6 +48,15 @@ def teacher11_pt(tmp_path_factory, data_yaml) -> str:
     return str(project / "t" / "weights" / "last.pt")
 
 
+@pytest.fixture(scope="session")
+def task_data(tmp_path_factory) -> dict[str, str]:
+    """data.yaml of the tiny synthetic set with segment, pose and obb labels (the same images as `data_yaml`)."""
+    from dataclasses import replace
+
+    root = tmp_path_factory.mktemp("task_data")
+    return {task: str(synthetic_dataset(replace(TINY, task=task), root=root)) for task in ("segment", "pose", "obb")}
+
+
 @pytest.fixture()
 def project(tmp_path) -> str:
     return str(tmp_path / "runs")
@@ -89,9 +98,9 @@ def teacher_stays_frozen(monkeypatch):
     it is in eval mode, needs no gradients, sits in no optimizer parameter group, and is not inside the student."""
     import torch
 
-    from distill.trainer import DistillationTrainer
+    from distill.trainer import DistillationMixin, DistillationTrainer
 
-    original = DistillationTrainer._do_train
+    original = DistillationTrainer._do_train  # Ultralytics' own; on the mixin, the guard covers every task's trainer
 
     def checked(self):
         teachers = [t.model for t in self.distiller.teachers]
@@ -115,4 +124,4 @@ def teacher_stays_frozen(monkeypatch):
                 if isinstance(student, torch.nn.Module):
                     assert not any(id(p) in ids for p in student.parameters()), f"teacher {i + 1} is inside the student"
 
-    monkeypatch.setattr(DistillationTrainer, "_do_train", checked)
+    monkeypatch.setattr(DistillationMixin, "_do_train", checked, raising=False)

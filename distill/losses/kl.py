@@ -8,6 +8,9 @@ outputs are the side distances themselves) or with different bin counts are dist
 side distances instead: L1 plus 1 - GIoU between the student's and the teacher's box at each anchor,
 as in the IoU-based box term of BCKD (Yang et al., ICCV 2023). Both distil where the teacher sees
 objects, expressed softly by weighting each anchor with the teacher's top class probability.
+
+Task heads add their own outputs, distilled with the same anchor weights where both models have them
+comparably (distill/losses/task_outputs.py): keypoints (pose), the angle (OBB), and instance masks (segment).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 
 from distill.losses import register_loss
 from distill.losses.base import LogitLoss
+from distill.losses.task_outputs import angle_term, keypoint_term, mask_term
 
 
 @register_loss("kl")
@@ -36,6 +40,10 @@ class KLLoss(LogitLoss):
         "box_temperature": (10.0, "DFL distribution temperature (LD paper: 10)"),
         "box_weight": (1.0, "weight of the decoded-box term (used where distributions cannot be compared)"),
         "decoded": (0.0, "1: distil decoded boxes even between DFL heads of equal reg_max; 0: LD there"),
+        "kpt_weight": (1.0, "pose: weight of the keypoint term (positions in grid units, visibility KL)"),
+        "angle_weight": (1.0, "OBB: weight of the angle term (|wrapped difference| in radians)"),
+        "mask_weight": (1.0, "segment: weight of the instance-mask term (per-pixel KL inside the teacher's box)"),
+        "mask_anchors": (64.0, "segment: masks compared at this many most teacher-confident anchors per image"),
     }
     ensembles = True
 
@@ -49,6 +57,11 @@ class KLLoss(LogitLoss):
             raise ValueError(f"kl_box_weight must be >= 0, got {values['box_weight']}.")
         if values["decoded"] not in (0.0, 1.0):
             raise ValueError(f"kl_decoded must be 0 or 1, got {values['decoded']}.")
+        for key in ("kpt_weight", "angle_weight", "mask_weight"):
+            if values[key] < 0:
+                raise ValueError(f"kl_{key} must be >= 0, got {values[key]}.")
+        if values["mask_anchors"] < 1 or not float(values["mask_anchors"]).is_integer():
+            raise ValueError(f"kl_mask_anchors must be a whole number >= 1, got {values['mask_anchors']}.")
 
     def __call__(self, student: dict, teacher: dict, modules=None) -> torch.Tensor:
         zs, zt = student["scores"].float(), teacher["scores"].float()  # (B, nc, A)
@@ -69,11 +82,25 @@ class KLLoss(LogitLoss):
             log_qs = F.log_softmax(bs.view(b, 4, reg_max, a) / Tb, dim=2)
             log_qt = F.log_softmax(bt.view(b, 4, reg_max, a) / Tb, dim=2)
             kl_box = (log_qt.exp() * (log_qt - log_qs)).sum(2).mean(1)  # (B, A)
-            return loss + Tb**2 * (kl_box * weight).sum() / norm
-        if self.box_weight > 0:
+            loss = loss + Tb**2 * (kl_box * weight).sum() / norm
+        elif self.box_weight > 0:
             ds, dt = side_distances(bs), side_distances(bt)
             box = (ds - dt).abs().mean(1) + 1 - shared_anchor_giou(ds, dt)  # (B, A)
             loss = loss + self.box_weight * (box * weight).sum() / norm
+        return loss + self.task_terms(student, teacher, weight, norm)
+
+    def task_terms(self, student: dict, teacher: dict, weight: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+        """The task head's own outputs that both dicts carry comparably (see `task_outputs`), anchor-weighted."""
+        loss = torch.zeros((), device=weight.device)
+        if self.kpt_weight > 0 and "kpts" in student and "kpts" in teacher and comparable_keypoints(student, teacher):
+            term = keypoint_term(student["kpts"], teacher["kpts"], student["kpt_shape"][1])
+            loss = loss + self.kpt_weight * (term * weight).sum() / norm
+        if self.angle_weight > 0 and "angle" in student and "angle" in teacher:
+            loss = loss + self.angle_weight * (angle_term(student["angle"], teacher["angle"]) * weight).sum() / norm
+        if self.mask_weight > 0 and all(k in d for d in (student, teacher) for k in ("mask_coefficient", "proto", "feats")):
+            total, weights = mask_term(student, teacher, weight, side_distances(teacher["boxes"].float()),
+                                       int(self.mask_anchors))
+            loss = loss + self.mask_weight * total / weights.clamp(min=1e-6)
         return loss
 
 
@@ -84,7 +111,9 @@ class KLLoss(LogitLoss):
         Returned as logits that the loss turns back into exactly those means: scores T * logit(p), boxes
         Tb * log(q). Computed in log space (log-sum-exp), so confident teachers' probabilities near 0 or 1 are not
         clipped. The loss weights anchors by the sigmoid of the target's scores: the teachers' mean confidence at
-        T = 1, a sharper or softer one at other T."""
+        T = 1, a sharper or softer one at other T. Keypoints, when every teacher's compare with the student's:
+        the mean positions and the mean visibility probability. Angles and masks have no mean that one output
+        could carry (masks live in each teacher's own prototype basis), so the ensemble target has none."""
         kept = [(math.log(s), t) for s, t in zip(shares, teachers) if s > 0]
         T, Tb = self.temperature, self.box_temperature
 
@@ -101,7 +130,24 @@ class KLLoss(LogitLoss):
             target_boxes = (Tb * log_q).view(b, 4 * reg_max, a)
         else:
             target_boxes = sum(math.exp(w) * side_distances(x) for (w, _), x in zip(kept, boxes))
-        return {"scores": T * logit, "boxes": target_boxes}
+        target = {"scores": T * logit, "boxes": target_boxes}
+        if "kpts" in student and all("kpts" in t and comparable_keypoints(student, t) for _, t in kept):
+            b, _, a = student["kpts"].shape
+            ndim = student["kpt_shape"][1]
+            kpts = [t["kpts"].float().view(b, -1, ndim, a) for _, t in kept]
+            mean = sum(math.exp(w) * k for (w, _), k in zip(kept, kpts))
+            if ndim == 3:
+                visible = log_mean([F.logsigmoid(k[:, :, 2]) for k in kpts]) - log_mean([F.logsigmoid(-k[:, :, 2]) for k in kpts])
+                mean = torch.cat([mean[:, :, :2], visible[:, :, None]], 2)
+            target.update(kpts=mean.view(b, -1, a), kpt_shape=student["kpt_shape"])
+        return target
+
+
+def comparable_keypoints(student: dict, teacher: dict) -> bool:
+    """Both heads predict the same keypoints (kpt_shape, which the distiller adds to pose head dicts)."""
+    shape = student.get("kpt_shape")
+    return shape is not None and tuple(shape) == tuple(teacher.get("kpt_shape") or ()) and \
+        student["kpts"].shape == teacher["kpts"].shape
 
 
 def side_distances(boxes: torch.Tensor) -> torch.Tensor:
