@@ -39,7 +39,7 @@ from typing import Any
 
 import common  # noqa: F401,I001  (sys.path and the offline defaults before distill and ultralytics load)
 from distill.demo import DEMO_RECIPE, DEMO_SPEC, DEMO_STUDENT, DEMO_TEACHER, DEMO_TEACHER_EPOCHS, DEMO_STUDENT_EPOCHS
-from distill.demo import cached_teacher
+from distill.demo import cached_teacher, task_model
 from distill.synthetic import SyntheticSpec, synthetic_dataset
 
 
@@ -79,26 +79,6 @@ class Task:
 
 
 YOLO_TASKS = ("detect", "segment", "pose", "obb")
-_SUFFIX = {"segment": "-seg", "pose": "-pose", "obb": "-obb"}
-
-
-def task_model(cfg: str, yolo_task: str) -> str:
-    """The `yolo_task` variant of a detection model YAML: ('yolov8n.yaml', 'segment') -> 'yolov8n-seg.yaml'. Other
-    names (a checkpoint, a YAML that already names a task) are returned as they are."""
-    path = Path(cfg)
-    if yolo_task == "detect" or path.suffix not in {".yaml", ".yml"} or any(path.stem.endswith(s) for s in _SUFFIX.values()):
-        return cfg
-    return str(path.with_name(f"{path.stem}{_SUFFIX[yolo_task]}{path.suffix}"))
-
-
-SHORT = Task("full", DEMO_SPEC, DEMO_TEACHER_EPOCHS, DEMO_STUDENT_EPOCHS, dict(DEMO_RECIPE))
-# Objects of 10 px and up (the demo's go down to 4 px at 128 px, which from-scratch training learns
-# last): seed 0, 40 and 80 epochs reach 0.310 and 0.482, against 0.127 and 0.251 on the demo's data.
-LONG_SPEC = SyntheticSpec(n_train=256, n_val=128, imgsz=128, seed=0, min_size=10, max_objects=6)
-LONG = Task("long", LONG_SPEC, 320, 320, {**DEMO_RECIPE, "nbs": 16})
-QUICK = Task("quick", SyntheticSpec(n_train=48, n_val=16, imgsz=96, seed=0), 4, 3, {**DEMO_RECIPE, "imgsz": 64})
-TASKS = {"short": SHORT, "long": LONG, "quick": QUICK}
-STUDENT = DEMO_STUDENT
 
 
 def select_task(name: str, data_yaml: str | Path | None = None, yolo_task: str = "detect", **overrides: Any) -> Task:

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
     from distill.demo import (DEMO_RECIPE, DEMO_STUDENT, DEMO_STUDENT_EPOCHS, DEMO_TEACHER, DEMO_TEACHER_EPOCHS,
-                              cached_teacher, demo_data)
+                              cached_teacher, demo_data, task_model)
     from distill.checkpoints import read_checkpoint
     from distill.model import YOLO
 
@@ -178,25 +178,26 @@ def run(ns: argparse.Namespace, args: dict[str, Any]) -> int:
         teacher = teacher[0]
     # Checked before the demo's data and teacher are made (minutes on a CPU), not after.
     check_args({**args, **({"Distillation": teacher} if teacher else {})})
-    if demo:
-        args["data"] = str(demo_data())
-    if teacher is None:
-        if not demo:
-            raise ValueError("--teacher is required with --data (the default teacher exists only for the synthetic demo).")
-        print(f"Preparing the demo teacher ({DEMO_TEACHER}, trained once on the synthetic data, then cached)...")
-        recipe = {**DEMO_RECIPE, "imgsz": args["imgsz"], **({"device": args["device"]} if "device" in args else {})}
-        teacher = str(cached_teacher(DEMO_TEACHER, args["data"], DEMO_TEACHER_EPOCHS, **recipe))
     student_path = ns.student or DEMO_STUDENT
     if student_path.endswith(".pt"):
         read_checkpoint(student_path, "student")
     student = YOLO(student_path)
+    if demo:  # the synthetic data with the student's task's labels (a -seg student gets polygons)
+        args["data"] = str(demo_data(student.task))
+    if teacher is None:
+        if not demo:
+            raise ValueError("--teacher is required with --data (the default teacher exists only for the synthetic demo).")
+        model = task_model(DEMO_TEACHER, student.task)
+        print(f"Preparing the demo teacher ({model}, trained once on the synthetic data, then cached)...")
+        recipe = {**DEMO_RECIPE, "imgsz": args["imgsz"], **({"device": args["device"]} if "device" in args else {})}
+        teacher = str(cached_teacher(model, args["data"], DEMO_TEACHER_EPOCHS, **recipe))
     args["Distillation"] = teacher
     student.train(**args)
     teachers = teacher_sources(student.trainer.args.Distillation)  # the files that taught (a .yaml was written to one)
     unscored = unscored_teachers(student.trainer)
     code = report(student, teachers, unscored)
     if demo and args["epochs"] == DEMO_STUDENT_EPOCHS:
-        print(DEMO_CAVEAT)
+        print(DEMO_CAVEAT if student.task == "detect" else DEMO_CAVEAT_OTHER_TASKS)
     if ns.compare:
         compare_with_baseline(student_path, teachers, args, Path(student.trainer.save_dir), [u is None for u in unscored])
     return code
@@ -218,6 +219,11 @@ DEMO_CAVEAT = (
     "trained alone for the distilled run's wall time does better than the distilled one. It shows that the\n"
     "pipeline works, not the gain. Measured gains, at equal epochs and at equal time: README.md, 'Benchmarks'.\n"
     "To measure the gain on your own data: add --compare (trains the same student without the teacher).")
+
+
+DEMO_CAVEAT_OTHER_TASKS = (
+    "\nThis demo is a short schedule (30 student epochs): neither model has converged. It shows that the pipeline\n"
+    "works, not the gain (README.md, 'Benchmarks'). Add --compare to train the same student without the teacher.")
 
 
 def unscored_teachers(trainer: Any) -> list[str | None]:

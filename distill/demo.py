@@ -7,6 +7,7 @@ import json
 import shutil
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import ultralytics
@@ -59,6 +60,18 @@ def teacher_history(path: str | Path) -> dict:
     return json.loads(sidecar.read_text()) if sidecar.exists() else {}
 
 
-def demo_data() -> Path:
-    """data.yaml of the default synthetic dataset (generated on first use)."""
-    return synthetic_dataset(DEMO_SPEC)
+def demo_data(task: str = "detect") -> Path:
+    """data.yaml of the default synthetic dataset with `task`'s labels (generated on first use)."""
+    return synthetic_dataset(replace(DEMO_SPEC, task=task))
+
+
+_TASK_SUFFIX = {"segment": "-seg", "pose": "-pose", "obb": "-obb"}
+
+
+def task_model(cfg: str, task: str) -> str:
+    """The `task` variant of a detection model YAML: ('yolov8s.yaml', 'segment') -> 'yolov8s-seg.yaml'. Other
+    names (a checkpoint, a YAML that already names a task) are returned as they are."""
+    path = Path(cfg)
+    if task == "detect" or path.suffix not in {".yaml", ".yml"} or path.stem.endswith(tuple(_TASK_SUFFIX.values())):
+        return cfg
+    return str(path.with_name(f"{path.stem}{_TASK_SUFFIX[task]}{path.suffix}"))

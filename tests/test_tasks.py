@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -138,3 +139,16 @@ def test_without_a_teacher_each_task_trains_with_ultralytics_own_trainer(task_da
     model = YOLO("yolov8n-obb.yaml")
     model.train(data=task_data["obb"], project=project, name="plain", **TRAIN)
     assert type(model.trainer) is PLAIN_TRAINERS["obb"] and not hasattr(model.trainer, "distiller")
+
+
+def test_the_demo_gives_a_pose_student_the_pose_labels(project):
+    """No --data: the embedded synthetic set, with the student's task's labels (keypoints for a pose student)."""
+    from distill.cli import main
+    from distill.demo import DEMO_SPEC
+
+    code = main(["--student", "yolov8n-pose.yaml", "--teacher", "yolov8n-pose.yaml", "--epochs", "1", "--imgsz", "64",
+                 "--fraction", "0.05", "--project", project, "--name", "demo", "workers=0"])
+    assert code == 0
+    args = (Path(project) / "demo" / "args.yaml").read_text()
+    assert f"shapes-pose-{replace(DEMO_SPEC, task='pose').key}" in args
+    assert "train/pose_loss" in results_columns(Path(project) / "demo")
