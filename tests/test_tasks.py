@@ -152,3 +152,44 @@ def test_the_demo_gives_a_pose_student_the_pose_labels(project):
     args = (Path(project) / "demo" / "args.yaml").read_text()
     assert f"shapes-pose-{replace(DEMO_SPEC, task='pose').key}" in args
     assert "train/pose_loss" in results_columns(Path(project) / "demo")
+
+
+WORKER = r"""
+    import hashlib, json
+    from ultralytics.utils import RANK
+    from distill.distiller import MODULES_ATTR
+    digest = lambda m: hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in m.state_dict().values())).hexdigest()
+    print("WORKER", json.dumps({"rank": RANK, "trainer": type(trainer).__name__, "teacher": digest(trainer.distiller.teacher),
+      "kpt_shape": list(trainer.model.model[-1].kpt_shape), "modules": sorted(getattr(trainer.model, MODULES_ATTR).state_dict())}))
+"""
+
+
+def test_a_ddp_worker_rebuilds_a_pose_distillation(task_data, project):
+    """Ultralytics' DDP file for a pose student, run in fresh processes (ranks 0 and 1) up to training: each is the
+    pose distillation trainer, with the written teacher's weights, the dataset's kpt_shape and the same connectors."""
+    from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
+
+    from distill.tasks import PoseDistillationTrainer
+
+    trainer = PoseDistillationTrainer(overrides=dict(
+        model="yolov8n-pose.yaml", data=task_data["pose"], Distillation=load_teacher("yolov8s-pose.yaml", nc=6,
+        kpt_shape=[4, 3]), loss_type="kl+cwd", project=project, name="ddp", **TRAIN))
+    trainer.model = trainer.get_model(cfg="yolov8n-pose.yaml")
+    file = generate_ddp_file(trainer)
+    try:
+        workers = []
+        for rank in (0, 1):  # Ultralytics reads RANK from the environment; no process group on CPU
+            script = Path(file).read_text().replace("trainer.train()", "trainer._setup_train()\n" + WORKER)
+            done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                                  env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"})
+            assert done.returncode == 0, done.stderr[-3000:]
+            workers.append(json.loads(done.stdout.split("WORKER ", 1)[1].splitlines()[0]))
+    finally:
+        ddp_cleanup(trainer, file)
+    import hashlib
+
+    digest = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in trainer.distiller.teacher.state_dict().values())).hexdigest()
+    for rank, worker in enumerate(workers):
+        assert worker["rank"] == rank and worker["trainer"] == "PoseDistillationTrainer"
+        assert worker["teacher"] == digest and worker["kpt_shape"] == [4, 3]
+        assert worker["modules"] == sorted(getattr(trainer.model, MODULES_ATTR).state_dict())

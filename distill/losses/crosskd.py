@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import torch
+
 from distill.losses import register_loss
-from distill.losses.kl import KLLoss
+from distill.losses.kl import TASK_PARAMS, KLLoss
 
 
 @register_loss("crosskd")
@@ -15,7 +17,11 @@ class CrossKDLoss(KLLoss):
     student through the connectors and the teacher head's inputs; no teacher weight changes.
 
     Needs the Detect inputs of both models as the distilled layers (the default). The teacher may have other
-    classes than the data: only teacher-head outputs are compared."""
+    classes than the data: only teacher-head outputs are compared. Class scores and boxes only, as the paper
+    defines it: a task head's keypoints, angles and masks are left out."""
 
     kind = "cross"
-    params = {**KLLoss.params, "weight": (1.0, "loss weight")}
+    params = {**{k: v for k, v in KLLoss.params.items() if k not in TASK_PARAMS}, "weight": (1.0, "loss weight")}
+
+    def task_terms(self, student: dict, teacher: dict, weight: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+        return torch.zeros((), device=weight.device)

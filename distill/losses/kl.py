@@ -25,6 +25,9 @@ from distill.losses.base import LogitLoss
 from distill.losses.task_outputs import angle_term, keypoint_term, mask_term
 
 
+TASK_PARAMS = ("kpt_weight", "angle_weight", "mask_weight", "mask_anchors")  # the task heads' own outputs
+
+
 @register_loss("kl")
 class KLLoss(LogitLoss):
     """cls = T^2 * sum_a w_a sum_c KL_bin(a, c) / sum_a w_a, w_a = max_c sigmoid(teacher logit); plus
@@ -58,9 +61,9 @@ class KLLoss(LogitLoss):
         if values["decoded"] not in (0.0, 1.0):
             raise ValueError(f"kl_decoded must be 0 or 1, got {values['decoded']}.")
         for key in ("kpt_weight", "angle_weight", "mask_weight"):
-            if values[key] < 0:
+            if values.get(key, 0) < 0:
                 raise ValueError(f"kl_{key} must be >= 0, got {values[key]}.")
-        if values["mask_anchors"] < 1 or not float(values["mask_anchors"]).is_integer():
+        if "mask_anchors" in values and (values["mask_anchors"] < 1 or not float(values["mask_anchors"]).is_integer()):
             raise ValueError(f"kl_mask_anchors must be a whole number >= 1, got {values['mask_anchors']}.")
 
     def __call__(self, student: dict, teacher: dict, modules=None) -> torch.Tensor:
