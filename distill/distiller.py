@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 from ultralytics.nn.modules import OBB, Pose, Segment
+from ultralytics.nn.modules.head import Pose26
 from ultralytics.utils import LOGGER
 
 from distill.balance import Balancer
@@ -21,6 +22,7 @@ from distill.config import DistillSettings
 from distill.connectors import align, build_connectors
 from distill.features import FeatureRecorder, detect_inputs, pair_layers, probe_shapes
 from distill.losses import build_loss, class_free_losses
+from distill.losses.task_outputs import POSE26_FORM, POSE_FORM
 from distill.teachers import Teacher, modules_of
 
 MODULES_ATTR = "distill_modules"  # student attribute holding connectors and loss-owned layers
@@ -48,6 +50,14 @@ def head_pairs(student_preds: Any, teacher_preds: Any) -> list[tuple[dict, dict]
     if "one2one" in s and "one2one" in t:
         pairs.append((s["one2one"], t["one2one"]))
     return pairs
+
+
+def keypoint_reading(head: nn.Module) -> dict:
+    """What a loss needs to read a pose head's raw `kpts`: its kpt_shape and its (scale, shift) form (None for a head
+    without keypoints)."""
+    if not isinstance(head, Pose):
+        return {"kpt_shape": None}
+    return {"kpt_shape": tuple(head.kpt_shape), "kpt_form": POSE26_FORM if isinstance(head, Pose26) else POSE_FORM}
 
 
 def task_outputs(student_head: nn.Module, teacher_head: nn.Module) -> str:
@@ -273,9 +283,9 @@ class Distiller:
         if t_head is None or not any(loss.kind == "logit" for loss in self.losses.values()):
             return None
         pairs = head_pairs(preds, t_head)  # end-to-end heads: both branches
-        if (s_kpt := getattr(self._student.model[-1], "kpt_shape", None)) is not None:  # pose: how to read `kpts`
-            t_kpt = getattr(teacher.head, "kpt_shape", None)
-            pairs = [({**s, "kpt_shape": tuple(s_kpt)}, {**t, "kpt_shape": tuple(t_kpt) if t_kpt else None}) for s, t in pairs]
+        if isinstance(self._student.model[-1], Pose):  # pose: how to read `kpts`
+            s_read, t_read = keypoint_reading(self._student.model[-1]), keypoint_reading(teacher.head)
+            pairs = [({**s, **s_read}, {**t, **t_read}) for s, t in pairs]
         return [teacher.class_map.select(s, t) for s, t in pairs] if teacher.class_map is not None else pairs
 
     def _term(self, name: str, loss: Any, teacher: Teacher, view: dict | None, pairs: list | None,

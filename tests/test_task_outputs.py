@@ -143,3 +143,20 @@ def test_real_heads_of_each_task_feed_their_own_term(task, param):
     expected = KLLoss().task_terms(s, t, t["scores"].float().sigmoid().amax(1), t["scores"].float().sigmoid().amax(1).sum())
     assert expected > 0
     assert values[1.0] - values[0.0] == pytest.approx(expected.item(), rel=1e-3)
+
+
+def test_keypoints_of_pose_and_pose26_heads_are_compared_where_they_decode():
+    """Pose decodes x as (2 raw + anchor - 0.5) * stride, Pose26 as (raw + anchor) * stride: raw outputs that decode to
+    the same positions give no position term, and a shift of 0.5 grid cells costs 0.5 per coordinate."""
+    from distill.losses.task_outputs import POSE26_FORM, POSE_FORM
+
+    raw_v8 = torch.tensor([0.3, 0.7, 5.0]).view(1, 3, 1)  # one keypoint, visible
+    raw_26 = torch.tensor([2 * 0.3 - 0.5, 2 * 0.7 - 0.5, 5.0]).view(1, 3, 1)  # the same position in Pose26's form
+    assert keypoint_term(raw_26, raw_v8, 3, POSE26_FORM, POSE_FORM).item() == pytest.approx(0, abs=1e-6)
+    moved = raw_26 + torch.tensor([0.5, 0.0, 0.0]).view(1, 3, 1)
+    assert keypoint_term(moved, raw_v8, 3, POSE26_FORM, POSE_FORM).item() == pytest.approx(_sig(5) * 0.5, rel=1e-5)
+    target = KLLoss().ensemble({"scores": torch.zeros(1, 1, 1), "boxes": torch.zeros(1, 64, 1), "kpts": raw_v8,
+                                "kpt_shape": (1, 3), "kpt_form": POSE_FORM},
+                               [{"scores": torch.zeros(1, 1, 1), "boxes": torch.zeros(1, 64, 1), "kpts": raw_26,
+                                 "kpt_shape": (1, 3), "kpt_form": POSE26_FORM}], [1.0])
+    assert torch.allclose(target["kpts"][:, :2], raw_v8[:, :2], atol=1e-6)  # the Pose26 teacher read in the student's form

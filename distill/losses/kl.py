@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from distill.losses import register_loss
 from distill.losses.base import LogitLoss
-from distill.losses.task_outputs import angle_term, keypoint_term, mask_term
+from distill.losses.task_outputs import POSE_FORM, angle_term, keypoint_term, mask_term
 
 
 TASK_PARAMS = ("kpt_weight", "angle_weight", "mask_weight", "mask_anchors")  # the task heads' own outputs
@@ -96,7 +96,8 @@ class KLLoss(LogitLoss):
         """The task head's own outputs that both dicts carry comparably (see `task_outputs`), anchor-weighted."""
         loss = torch.zeros((), device=weight.device)
         if self.kpt_weight > 0 and "kpts" in student and "kpts" in teacher and comparable_keypoints(student, teacher):
-            term = keypoint_term(student["kpts"], teacher["kpts"], student["kpt_shape"][1])
+            term = keypoint_term(student["kpts"], teacher["kpts"], student["kpt_shape"][1],
+                                 student.get("kpt_form", POSE_FORM), teacher.get("kpt_form", POSE_FORM))
             loss = loss + self.kpt_weight * (term * weight).sum() / norm
         if self.angle_weight > 0 and "angle" in student and "angle" in teacher:
             loss = loss + self.angle_weight * (angle_term(student["angle"], teacher["angle"]) * weight).sum() / norm
@@ -137,12 +138,15 @@ class KLLoss(LogitLoss):
         if "kpts" in student and all("kpts" in t and comparable_keypoints(student, t) for _, t in kept):
             b, _, a = student["kpts"].shape
             ndim = student["kpt_shape"][1]
+            form = student.get("kpt_form", POSE_FORM)  # positions in the student's raw form, so that its reading holds
             kpts = [t["kpts"].float().view(b, -1, ndim, a) for _, t in kept]
+            kpts = [torch.cat([((t.get("kpt_form", POSE_FORM)[0] * k[:, :, :2] + t.get("kpt_form", POSE_FORM)[1]) - form[1])
+                               / form[0], k[:, :, 2:]], 2) for (_, t), k in zip(kept, kpts)]
             mean = sum(math.exp(w) * k for (w, _), k in zip(kept, kpts))
             if ndim == 3:
                 visible = log_mean([F.logsigmoid(k[:, :, 2]) for k in kpts]) - log_mean([F.logsigmoid(-k[:, :, 2]) for k in kpts])
                 mean = torch.cat([mean[:, :, :2], visible[:, :, None]], 2)
-            target.update(kpts=mean.view(b, -1, a), kpt_shape=student["kpt_shape"])
+            target.update(kpts=mean.view(b, -1, a), kpt_shape=student["kpt_shape"], kpt_form=form)
         return target
 
 

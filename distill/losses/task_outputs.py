@@ -3,10 +3,11 @@
 Every term is weighted per anchor like the class and box terms of `kl`: by w_a, the teacher's top class
 probability, so the student copies the teacher where the teacher sees an object, and normalised by sum_a w_a.
 
-- Keypoints (pose): each keypoint's position in grid units of its level (Ultralytics decodes x as
-  (2 * raw + anchor - 0.5) * stride, so a raw difference of d is 2d grid cells), L1, weighted by the teacher's
-  visibility probability (a keypoint the teacher thinks absent has an arbitrary position); plus the binary KL of
-  the visibility probabilities. Needs the same kpt_shape.
+- Keypoints (pose): each keypoint's position in grid units of its level from the anchor, L1, weighted by the
+  teacher's visibility probability (a keypoint the teacher thinks absent has an arbitrary position); plus the
+  binary KL of the visibility probabilities. Needs the same kpt_shape. Heads decode raw outputs differently:
+  Ultralytics' Pose as x = (2 * raw + anchor - 0.5) * stride, Pose26 as (raw + anchor) * stride; each dict's
+  `kpt_form` (scale, shift) gives the position scale * raw + shift in grid units from the anchor.
 - Angle (OBB): |wrapped difference| in radians, with period pi (a rectangle turned by pi is the same one).
 - Masks (segment): mask coefficients are coordinates in each model's own prototype basis, so they cannot be compared
   one to one; the instance masks they assemble can. At each image's `k` anchors where the teacher is most confident,
@@ -28,12 +29,19 @@ def binary_kl(zt: torch.Tensor, zs: torch.Tensor) -> torch.Tensor:
     return pt * (F.logsigmoid(zt) - F.logsigmoid(zs)) + (1 - pt) * (F.logsigmoid(-zt) - F.logsigmoid(-zs))
 
 
-def keypoint_term(ks: torch.Tensor, kt: torch.Tensor, ndim: int) -> torch.Tensor:
+POSE_FORM = (2.0, -0.5)  # Ultralytics' Pose head: position = 2 * raw - 0.5 grid units from the anchor
+POSE26_FORM = (1.0, 0.0)  # Pose26: position = raw
+
+
+def keypoint_term(ks: torch.Tensor, kt: torch.Tensor, ndim: int, form_s: tuple[float, float] = POSE_FORM,
+                  form_t: tuple[float, float] = POSE_FORM) -> torch.Tensor:
     """(B, K * ndim, A) raw keypoints of student and teacher -> (B, A): mean over keypoints of the teacher-visibility
-    weighted L1 of positions (grid units), plus the visibility binary KL when ndim is 3."""
+    weighted L1 of positions (grid units from the anchor, raw outputs read by each head's (scale, shift) form),
+    plus the visibility binary KL when ndim is 3."""
     b, _, a = ks.shape
     ks, kt = ks.float().view(b, -1, ndim, a), kt.float().view(b, -1, ndim, a)
-    position = 2 * (ks[:, :, :2] - kt[:, :, :2]).abs().sum(2)  # (B, K, A)
+    ps, pt = form_s[0] * ks[:, :, :2] + form_s[1], form_t[0] * kt[:, :, :2] + form_t[1]
+    position = (ps - pt).abs().sum(2)  # (B, K, A)
     if ndim < 3:
         return position.mean(1)
     seen = torch.sigmoid(kt[:, :, 2])
