@@ -231,7 +231,7 @@ def plot(result: dict, path: Path) -> None:
 def given_teacher_problem(path: str, task, teacher_epochs: int | None) -> str | None:
     """Why a --teacher checkpoint cannot stand in for the recipe's teacher, or None."""
     from distill.classmap import dataset_names, same_classes
-    from distill.teacher import load_teacher, model_task
+    from distill.teacher import keypoint_shape, load_teacher, model_task
 
     if teacher_epochs is not None:
         return "it replaces the trained teacher, so --teacher-epochs has no effect."
@@ -245,6 +245,9 @@ def given_teacher_problem(path: str, task, teacher_epochs: int | None) -> str | 
     if model_task(teacher) != task.yolo_task:
         return (f"it is a {model_task(teacher)} model and the students {task.yolo_task} ones, so its mAP (and the gap "
                 "closed) would mean nothing here.")
+    data_kpts = check_det_dataset(str(task.data())).get("kpt_shape")
+    if keypoint_shape(teacher) is not None and keypoint_shape(teacher) != list(data_kpts or []):
+        return f"its keypoints {keypoint_shape(teacher)} differ from the dataset's {data_kpts}, so it cannot be scored here."
     return None
 
 
@@ -293,6 +296,9 @@ def main(argv: list[str] | None = None) -> dict:
     # Given teachers' and students' results never overwrite the recipe's own.
     suffix = "" if a.student is None else f"_student-{Path(a.student).stem}"
     a.student = a.student or task_model(STUDENT, task.yolo_task)
+    if (student_task := PlainYOLO(a.student).task) != task.yolo_task:
+        p.error(f"--student {a.student} is a {student_task} model; --yolo-task is {task.yolo_task}. Give a student of "
+                "that task, or the matching --yolo-task.")
     suffix += (f"_teacher-{'+'.join(Path(t).stem for t in a.teacher)}" if a.teacher else
               f"_teachers-{'+'.join(Path(t).stem for t in a.teacher_models)}" if a.teacher_models else "")
     out = Path(a.out or f"benchmarks/results/gain{'' if task.name == 'full' else '_' + task.name}{suffix}")

@@ -231,13 +231,15 @@ def unscored_teachers(trainer: Any) -> list[str | None]:
     (matched by name, or used for features only) would be scored by class index against other classes; a detection
     teacher of a seg or pose student has no mask or keypoint mAP to set beside the student's."""
     from distill.classmap import dataset_names, same_classes
-    from distill.teacher import model_task
+    from distill.teacher import keypoint_shape, model_task
 
     def problem(model: Any) -> str | None:
         if not same_classes(model, dataset_names(trainer.data)):
             return "its classes differ from the dataset's"
         if model_task(model) != trainer.student_task:
             return f"a {model_task(model)} model, scored differently from the {trainer.student_task} student"
+        if (shape := keypoint_shape(model)) is not None and shape != list(trainer.data.get("kpt_shape") or []):
+            return f"its keypoints ({shape}) differ from the dataset's ({trainer.data.get('kpt_shape')})"
         return None
 
     return [problem(t.model) for t in trainer.distiller.teachers]

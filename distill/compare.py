@@ -36,8 +36,20 @@ TASK_PARTS = (("seg", "M"), ("pose", "P"), ("box", "B"))
 
 def task_metric(metrics: Any) -> Any:
     """The part of Ultralytics' validation metrics that scores the model's own task (`.seg`, `.pose` or `.box`),
-    with `.map50` and `.map` (mAP50-95)."""
-    return next(getattr(metrics, name) for name, _ in TASK_PARTS if hasattr(metrics, name))
+    with `.map50` and `.map` (mAP50-95). Also reads the metrics dict a checkpoint carries (what a DDP launch's
+    model holds after training). ValueError when neither form holds a known metric."""
+    from types import SimpleNamespace
+
+    if isinstance(metrics, dict):
+        for _, suffix in TASK_PARTS:
+            if f"metrics/mAP50-95({suffix})" in metrics:
+                return SimpleNamespace(map=float(metrics[f"metrics/mAP50-95({suffix})"]),
+                                       map50=float(metrics.get(f"metrics/mAP50({suffix})", float("nan"))))
+    else:
+        for name, _ in TASK_PARTS:
+            if hasattr(metrics, name):
+                return getattr(metrics, name)
+    raise ValueError(f"no mask, keypoint or box mAP in these validation metrics ({type(metrics).__name__}).")
 
 
 def results_columns(run: str | Path) -> dict[str, list[float]]:
@@ -99,7 +111,7 @@ def format_report(report: dict[str, Any]) -> str:
              f"{report['gain_map50']:+.4f} mAP50; teacher-student gap closed"
              f"{' (to the best teacher)' if len(teachers) > 1 else ''}: "
              + (f"{gap:.0%}." if gap is not None else "n/a (the teacher is not ahead of the baseline)." if scored
-                else "n/a (the teacher's classes differ from the dataset's)."),
+                else "n/a (no teacher is scored on this dataset and task: other classes, or another task)."),
              "One seed: a gain smaller than the seed-to-seed spread (benchmarks/gain.py measures it) is noise."]
     return "\n".join(rows)
 

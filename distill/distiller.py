@@ -62,8 +62,9 @@ def keypoint_reading(head: nn.Module) -> dict:
 
 def task_outputs(student_head: nn.Module, teacher_head: nn.Module) -> str:
     """What the logit loss distils beyond scores and boxes for this pair of heads ('' for nothing): keypoints of
-    the same kpt_shape, angles, instance masks."""
-    kinds = [("keypoints", Pose, lambda s, t: list(s.kpt_shape) == list(t.kpt_shape)), ("angles", OBB, None),
+    the same kpt_shape, rotated boxes, instance masks."""
+    kinds = [("keypoints", Pose, lambda s, t: list(s.kpt_shape) == list(t.kpt_shape)),
+             ("rotated boxes (1 - ProbIoU)", OBB, None),
              ("instance masks", Segment, None)]
     return ", ".join(name for name, head, same in kinds if isinstance(student_head, head)
                      and isinstance(teacher_head, head) and (same is None or same(student_head, teacher_head)))
@@ -189,14 +190,19 @@ class Distiller:
                         "branch; the logit loss distils the dense branch they share and skips the one-to-one branch.")
         own = task_outputs(sh, th)
         if own:
-            LOGGER.info(f"Distillation: the logit loss also distils the student's {own} (task head outputs).")
+            dropped = " (not under distill_ensemble: no single target holds several teachers' masks or rotated " \
+                      "boxes)" if self.ensemble and "keypoints" not in own else ""
+            LOGGER.info(f"Distillation: the logit loss also distils the student's {own} (task head outputs){dropped}.")
+        if isinstance(sh, OBB) and not isinstance(th, OBB):
+            LOGGER.info(f"Distillation: {who} predicts axis-aligned boxes and the student rotated ones: the logit loss "
+                        "distils class scores only.")
         if isinstance(sh, Pose) and isinstance(th, Pose) and list(sh.kpt_shape) != list(th.kpt_shape):
             LOGGER.info(f"Distillation: student kpt_shape {list(sh.kpt_shape)}, {who} {list(th.kpt_shape)}: keypoints "
                         "are not distilled (only class scores and boxes).")
-        elif not own and type(sh) is not type(th) and not isinstance(th, type(sh)):
+        elif not own and not isinstance(sh, OBB) and type(sh) is not type(th) and not isinstance(th, type(sh)):
             LOGGER.info(f"Distillation: {who} has a {type(th).__name__} head and the student a {type(sh).__name__} "
                         "head: the logit loss distils the class scores and boxes they share.")
-        if sh.reg_max != th.reg_max:
+        if sh.reg_max != th.reg_max and not isinstance(sh, OBB):
             LOGGER.info(
                 f"Distillation: student reg_max {sh.reg_max}, {who} reg_max {th.reg_max}: boxes are distilled as "
                 "decoded side distances (L1 + GIoU), not as distributions."

@@ -56,6 +56,8 @@ class SyntheticSpec:
         fields = asdict(self)
         if self.task == "detect":  # detection folders keep the names they had before tasks existed
             del fields["task"]
+        if self.task == "pose":  # labels v2: a keypoint is visible only inside the box's clip range
+            fields["labels"] = 2
         blob = json.dumps({**fields, "classes": CLASSES, "v": 1}, sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:10]
 
@@ -143,8 +145,9 @@ def label_line(task: str, cls: int, outline: np.ndarray, s: int) -> str:
     if task == "segment":
         xy = np.clip(outline, 0, s - 1) / s
         return f"{cls} " + " ".join(f"{v:.6f}" for v in xy.reshape(-1))
-    if task == "pose":  # visibility 2 (labelled, visible) inside the image, 0 (absent) outside
-        kpts = [f"{x / s:.6f} {y / s:.6f} 2" if 0 <= x < s and 0 <= y < s else "0 0 0" for x, y in extreme_points(outline)]
+    if task == "pose":  # visibility 2 (labelled, visible) inside the box's clip range, 0 (absent) outside
+        kpts = [f"{x / s:.6f} {y / s:.6f} 2" if 0 <= x <= s - 1 and 0 <= y <= s - 1 else "0 0 0"
+                for x, y in extreme_points(outline)]
         return f"{cls} {box} " + " ".join(kpts)
     if task == "obb":  # clipped corners: Ultralytics fits the rotated rectangle again when it loads them
         corners = np.clip(cv2.boxPoints(cv2.minAreaRect(outline.astype(np.float32))), 0, s - 1) / s

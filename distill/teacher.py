@@ -61,6 +61,12 @@ def model_task(model: nn.Module) -> str:
                 "detect")
 
 
+def keypoint_shape(model: nn.Module) -> list[int] | None:
+    """A pose model's kpt_shape ([keypoints, 2 or 3]), None for other models."""
+    head = model.model[-1]
+    return [int(v) for v in head.kpt_shape] if isinstance(head, Pose) else None
+
+
 def check_task(teacher: nn.Module, task: str, who: str = "the teacher") -> None:
     """ValueError unless `teacher` does the student's `task`, or plain detection (which teaches the box and class
     outputs every task head shares, and the features)."""

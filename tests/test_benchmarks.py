@@ -354,3 +354,24 @@ def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
     assert "ran other code" in refused("first", "unrecorded", flag=("--allow-unrecorded",))  # still not mixed
     assert "baseline seed 1 gave 0.06" in refused("first", "clash")
     assert "epochs differ" in refused("first", "epochs")
+
+
+def test_gain_for_a_segment_student(tmp_path):
+    """--yolo-task segment: the synthetic set's polygons, yolov8n-seg students, a yolov8s-seg teacher, every run scored
+    by mask mAP (the column its curve comes from), the built-in distillation through Ultralytics' seg trainer; a
+    detection student for a seg task fails before training."""
+    out = tmp_path / "seg"
+    cache = {"DISTILL_CACHE_DIR": str(tmp_path / "cache")}
+    _run("gain.py", "--quick", "--yolo-task", "segment", "--seeds", "1", "--methods", "baseline;kl;builtin",
+         "--out", str(out), env=cache)
+    result = json.loads(out.with_suffix(".json").read_text())
+    meta = result["meta"]
+    assert meta["task"] == "quick-segment" and meta["yolo_task"] == "segment" and meta["student"] == "yolov8n-seg.yaml"
+    assert Path(meta["teacher"]).name.startswith("yolov8s-seg-")
+    assert list((tmp_path / "cache" / "synthetic").glob("shapes-segment-*"))
+    runs = {spec: m["runs"][0] for spec, m in result["methods"].items()}
+    assert set(runs) == {"baseline", "kl", "builtin"}
+    assert runs["kl"]["train_losses"]["kl_loss"][0] > 0 and "seg_loss" in runs["baseline"]["train_losses"]
+    assert all(run["curve"] and run["curve"][-1] == pytest.approx(run["map50_95"], abs=0.05) for run in runs.values())
+    done = _run("gain.py", "--quick", "--yolo-task", "segment", "--student", "yolov8n.yaml", rc=2, env=cache)
+    assert "is a detect model; --yolo-task is segment" in done.stderr

@@ -80,7 +80,7 @@ def test_every_task_labels_the_same_images_and_ultralytics_loads_them(tmp_path):
     images = {t: [f.read_bytes() for f in sorted((p.parent / "images" / "train").glob("*.jpg"))] for t, p in paths.items()}
     assert all(images[t] == images["detect"] for t in images) and len(images["detect"]) == 12
     boxes = _labels(paths["detect"], "train")
-    total = sum(len(b) for b in boxes)
+    total, rectangles = sum(len(b) for b in boxes), 0
     for box, poly, pose, obb in zip(boxes, *(_rows(paths[t], "train") for t in ("segment", "pose", "obb"))):
         assert len(box) == len(poly) == len(pose) == len(obb)
         for b, s, k, o in zip(box, poly, pose, obb):
@@ -95,6 +95,13 @@ def test_every_task_labels_the_same_images_and_ultralytics_loads_them(tmp_path):
             corners = o[1:].reshape(4, 2)  # the rotated rectangle encloses the box's outline (up to clipping)
             assert corners[:, 0].min() <= x1 + 1e-3 and corners[:, 0].max() >= x2 - 1e-3
             assert corners[:, 1].min() <= y1 + 1e-3 and corners[:, 1].max() >= y2 - 1e-3
+            if (corners > 1e-6).all() and (corners < 95 / 96 - 1e-6).all():  # unclipped: a minimum-area rectangle
+                area = 0.5 * abs(np.dot(corners[:, 0], np.roll(corners[:, 1], 1)) - np.dot(corners[:, 1], np.roll(corners[:, 0], 1)))
+                assert area <= (x2 - x1) * (y2 - y1) + 1e-5
+                sides = np.linalg.norm(corners - np.roll(corners, 1, 0), axis=1)
+                assert np.allclose(sides[0], sides[2], atol=1e-5) and np.allclose(sides[1], sides[3], atol=1e-5)
+                rectangles += 1
+    assert rectangles > 10
     assert "kpt_shape: [4, 3]" in paths["pose"].read_text() and "flip_idx: [2, 1, 0, 3]" in paths["pose"].read_text()
     for task in ("segment", "pose", "obb"):
         data = check_det_dataset(str(paths[task]))

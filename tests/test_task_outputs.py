@@ -10,7 +10,7 @@ import torch
 from distill.config import DistillSettings
 from distill.distiller import Distiller, head_pairs
 from distill.losses.kl import KLLoss
-from distill.losses.task_outputs import angle_term, keypoint_term, mask_term
+from distill.losses.task_outputs import keypoint_term, mask_term, rotated_box_term
 from distill.teacher import freeze, load_teacher
 
 
@@ -33,10 +33,55 @@ def test_keypoint_term_by_hand():
                          2).item() == pytest.approx((2 * 0.2 + 2 * 0.5) / 2, rel=1e-5)  # no visibility: plain L1
 
 
-def test_angle_term_wraps_with_period_pi():
-    s = torch.tensor([3 * math.pi / 4 - 0.01, 0.3]).view(1, 1, 2)
-    t = torch.tensor([-math.pi / 4 + 0.01, 0.1]).view(1, 1, 2)
-    assert torch.allclose(angle_term(s, t), torch.tensor([[0.02, 0.2]]), atol=1e-5)  # a turn by pi is no difference
+def _probiou(a: tuple, b: tuple) -> float:
+    """ProbIoU of two (x, y, w, h, angle) boxes from its definition (Llerena et al., 2021): 1 - Hellinger distance
+    of the boxes' Gaussians (mean the centre, covariance R diag(w^2, h^2) R^T / 12)."""
+    import numpy as np
+
+    def gauss(box):
+        x, y, w, h, r = box
+        rot = np.array([[math.cos(r), -math.sin(r)], [math.sin(r), math.cos(r)]])
+        return np.array([x, y]), rot @ np.diag([w * w / 12, h * h / 12]) @ rot.T
+
+    (m1, s1), (m2, s2) = gauss(a), gauss(b)
+    sigma = (s1 + s2) / 2
+    d = m1 - m2
+    bd = d @ np.linalg.inv(sigma) @ d / 8 + 0.5 * math.log(np.linalg.det(sigma) / math.sqrt(np.linalg.det(s1) * np.linalg.det(s2)))
+    return 1 - math.sqrt(1 - math.exp(-bd))
+
+
+def test_rotated_box_term_is_one_minus_probiou_and_the_same_for_every_form_of_a_box():
+    """Sides (l, t, r, b) in the frame turned by the angle: the box (l, t, r, b, a) is also (t, r, b, l, a + pi/2) and
+    (r, b, l, t, a + pi); against the teacher's box every form scores the same, and the term is 1 - ProbIoU of the
+    decoded boxes (centre R(a) ((r - l) / 2, (b - t) / 2) from the anchor, w = l + r, h = t + b)."""
+    l, t, r, b, a = 1.0, 2.0, 3.0, 0.5, 0.3
+    forms = [((l, t, r, b), a), ((t, r, b, l), a + math.pi / 2), ((r, b, l, t), a + math.pi)]
+    teacher_sides, teacher_angle = (1.5, 1.5, 2.5, 1.0), 0.5
+
+    def term(sides, angle):
+        return rotated_box_term(torch.tensor(sides).view(1, 4, 1), torch.tensor(teacher_sides).view(1, 4, 1),
+                                torch.tensor([[[angle]]]), torch.tensor([[[teacher_angle]]])).item()
+
+    values = [term(sides, angle) for sides, angle in forms]
+    assert values[0] == pytest.approx(values[1], abs=1e-5) == pytest.approx(values[2], abs=1e-5)
+    assert term(teacher_sides, teacher_angle) == pytest.approx(0, abs=1e-4)
+
+    def box(sides, angle):
+        l, t, r, b = sides
+        ox, oy = (r - l) / 2, (b - t) / 2
+        return (ox * math.cos(angle) - oy * math.sin(angle), ox * math.sin(angle) + oy * math.cos(angle), l + r, t + b, angle)
+
+    assert values[0] == pytest.approx(1 - _probiou(box((l, t, r, b), a), box(teacher_sides, teacher_angle)), abs=2e-4)
+    assert values[0] > 0.05
+
+
+def test_a_detection_teacher_teaches_an_obb_student_its_class_scores_only():
+    """Rotated and axis-aligned sides cannot be compared: the box term drops out, whatever the teacher's boxes are."""
+    student = _head("obb")
+    teacher = {"scores": torch.randn(2, 3, 20), "boxes": torch.randn(2, 64, 20) * 5}
+    scores_only = KLLoss()({"scores": student["scores"], "boxes": teacher["boxes"]}, teacher)  # equal boxes: LD is 0
+    assert KLLoss()(student, teacher).item() == pytest.approx(scores_only.item(), rel=1e-6)
+    assert KLLoss()(student, {**teacher, "boxes": torch.randn(2, 64, 20)}).item() == pytest.approx(scores_only.item(), rel=1e-6)
 
 
 def test_mask_term_by_loops():
@@ -79,7 +124,7 @@ def _head(task: str, b: int = 2, a: int = 20, nc: int = 3) -> dict:
     return head
 
 
-@pytest.mark.parametrize(("task", "key", "param"), [("pose", "kpts", "kpt_weight"), ("obb", "angle", "angle_weight"),
+@pytest.mark.parametrize(("task", "key", "param"), [("pose", "kpts", "kpt_weight"), ("obb", "angle", "rbox_weight"),
                                                     ("segment", "mask_coefficient", "mask_weight")])
 def test_kl_adds_each_task_term_with_its_weight(task, key, param):
     """Equal outputs: kl is 0. Only the task output differs: kl is exactly weight x that term; weight 0 leaves it out."""
@@ -90,8 +135,9 @@ def test_kl_adds_each_task_term_with_its_weight(task, key, param):
     weight = teacher["scores"].sigmoid().amax(1)
     if task == "pose":
         term = (keypoint_term(student["kpts"], teacher["kpts"], 3) * weight).sum() / weight.sum()
-    elif task == "obb":
-        term = (angle_term(student["angle"], teacher["angle"]) * weight).sum() / weight.sum()
+    elif task == "obb":  # the rotated-box term stands in for the side terms of an OBB pair
+        sides = teacher["boxes"].view(2, 4, 16, 20).softmax(2).mul(torch.arange(16.0).view(1, 1, 16, 1)).sum(2)
+        term = (rotated_box_term(sides, sides, student["angle"], teacher["angle"]) * weight).sum() / weight.sum()
     else:
         total, norm = mask_term(student, teacher, weight, teacher["boxes"].view(2, 4, 16, 20).softmax(2).mul(
             torch.arange(16.0).view(1, 1, 16, 1)).sum(2), k=64)
@@ -115,10 +161,11 @@ def test_keypoints_of_another_shape_are_left_out_and_the_ensemble_averages_them(
     assert torch.allclose(got[:, :, 2].sigmoid(), seen, atol=1e-6) and target["kpt_shape"] == (4, 3)
 
 
-@pytest.mark.parametrize(("task", "param"), [("pose", "kpt_weight"), ("obb", "angle_weight"), ("segment", "mask_weight")])
+@pytest.mark.parametrize(("task", "param"), [("pose", "kpt_weight"), ("obb", "rbox_weight"), ("segment", "mask_weight")])
 def test_real_heads_of_each_task_feed_their_own_term(task, param):
     """One forward of a real yolov8n-<task> student and a yolov8s-<task> teacher through the Distiller: the kl term
-    with the task weight at 1 minus the term at 0 is the task term computed here from the models' own outputs."""
+    with the task weight at 1 minus the term at 0 is what `kl` gives for that weight on the models' own outputs (the
+    task outputs reach the loss, read the way the loss reads them)."""
     from ultralytics.cfg import get_cfg
 
     from distill.tasks import DISTILLATION_TRAINERS  # noqa: F401  (the trainers exist for each task)
@@ -140,7 +187,7 @@ def test_real_heads_of_each_task_feed_their_own_term(task, param):
     with torch.no_grad():
         s, t = head_pairs(student(img), teacher(img))[0]
     s, t = ({**s, "kpt_shape": (4, 3)}, {**t, "kpt_shape": (4, 3)}) if task == "pose" else (s, t)
-    expected = KLLoss().task_terms(s, t, t["scores"].float().sigmoid().amax(1), t["scores"].float().sigmoid().amax(1).sum())
+    expected = KLLoss()(s, t) - KLLoss(**{param: 0.0})(s, t)  # the task term, from the models' own outputs
     assert expected > 0
     assert values[1.0] - values[0.0] == pytest.approx(expected.item(), rel=1e-3)
 

@@ -135,10 +135,46 @@ def test_resume_a_segment_student(task_data, project):
     assert columns["epoch"] == [1, 2] and columns["train/kl_loss"][1] > 0
 
 
-def test_without_a_teacher_each_task_trains_with_ultralytics_own_trainer(task_data, project):
-    model = YOLO("yolov8n-obb.yaml")
-    model.train(data=task_data["obb"], project=project, name="plain", **TRAIN)
-    assert type(model.trainer) is PLAIN_TRAINERS["obb"] and not hasattr(model.trainer, "distiller")
+@pytest.mark.parametrize("task", ["segment", "pose", "obb"])
+def test_without_a_teacher_each_task_trains_with_ultralytics_own_trainer(task, task_data, project):
+    model = YOLO(f"yolov8n{SUFFIX[task]}.yaml")
+    model.train(data=task_data[task], project=project, name="plain", **TRAIN)
+    assert type(model.trainer) is PLAIN_TRAINERS[task] and not hasattr(model.trainer, "distiller")
+    assert OWN_LOSS[task] in model.trainer.loss_names
+
+
+def test_the_task_metric_is_the_tasks_own(tmp_path):
+    """Reports and benchmarks read masks for segment, keypoints for pose, boxes otherwise: from Ultralytics' metrics
+    objects, from the metrics dict a checkpoint carries, and from results.csv (values differ per part here)."""
+    from types import SimpleNamespace as NS
+
+    from distill.compare import task_metric
+
+    box, seg, pose = NS(map=0.1, map50=0.2), NS(map=0.3, map50=0.4), NS(map=0.5, map50=0.6)
+    assert task_metric(NS(box=box, seg=seg)) is seg and task_metric(NS(box=box, pose=pose)) is pose
+    assert task_metric(NS(box=box)) is box
+    stored = {"metrics/mAP50-95(B)": 0.1, "metrics/mAP50(B)": 0.2, "metrics/mAP50-95(M)": 0.3, "metrics/mAP50(M)": 0.4}
+    assert (task_metric(stored).map, task_metric(stored).map50) == (0.3, 0.4)
+    with pytest.raises(ValueError, match="no mask, keypoint or box mAP"):
+        task_metric({"fitness": 1.0})
+    (tmp_path / "results.csv").write_text("epoch, metrics/mAP50-95(B), metrics/mAP50-95(P)\n1, 0.1, 0.5\n2, 0.2, 0.6\n")
+    assert map_curve(tmp_path) == [0.5, 0.6]
+
+
+def test_a_pose_teacher_of_other_keypoints_is_not_scored(task_data, project, capsys):
+    """A pose teacher with another kpt_shape (e.g. COCO's 17 keypoints) still teaches scores and boxes, but the report
+    does not validate it on a dataset of other keypoints (Ultralytics' validator would fail on it)."""
+    from distill.cli import main
+
+    other = load_teacher("yolov8n-pose.yaml", nc=6, kpt_shape=[17, 3])
+    other.names = {i: n for i, n in enumerate(("circle", "square", "triangle", "cross", "ring", "diamond"))}
+    path = Path(project).parent / "other.pt"
+    torch.save({"model": other, "train_args": {"task": "pose"}}, path)
+    code = main(["--teacher", str(path), "--student", "yolov8n-pose.yaml", "--data", task_data["pose"], "--loss", "kl",
+                 "--epochs", "1", "--imgsz", "64", "--batch", "8", "--project", project, "--name", "kpts", "workers=0",
+                 "plots=False"])
+    assert code == 0
+    assert "its keypoints ([17, 3]) differ from the dataset's ([4, 3])" in capsys.readouterr().out
 
 
 def test_the_demo_gives_a_pose_student_the_pose_labels(project):

@@ -18,10 +18,15 @@ class CrossKDLoss(KLLoss):
 
     Needs the Detect inputs of both models as the distilled layers (the default). The teacher may have other
     classes than the data: only teacher-head outputs are compared. Class scores and boxes only, as the paper
-    defines it: a task head's keypoints, angles and masks are left out."""
+    defines it (an OBB head's boxes are its rotated boxes): keypoints and masks are left out."""
 
     kind = "cross"
     params = {**{k: v for k, v in KLLoss.params.items() if k not in TASK_PARAMS}, "weight": (1.0, "loss weight")}
+
+    @property
+    def rbox_weight(self) -> float:
+        """OBB heads: the rotated-box term is their box term, weighted like the others' (crosskd_box_weight)."""
+        return self.box_weight
 
     def task_terms(self, student: dict, teacher: dict, weight: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
         return torch.zeros((), device=weight.device)

@@ -10,7 +10,9 @@ as in the IoU-based box term of BCKD (Yang et al., ICCV 2023). Both distil where
 objects, expressed softly by weighting each anchor with the teacher's top class probability.
 
 Task heads add their own outputs, distilled with the same anchor weights where both models have them
-comparably (distill/losses/task_outputs.py): keypoints (pose), the angle (OBB), and instance masks (segment).
+comparably (distill/losses/task_outputs.py): keypoints (pose), rotated boxes (OBB: one 1 - ProbIoU term in place
+of the side terms), and instance masks (segment). A detection teacher of an OBB student teaches class scores only:
+its axis-aligned sides cannot be set beside rotated ones.
 """
 
 from __future__ import annotations
@@ -22,10 +24,10 @@ import torch.nn.functional as F
 
 from distill.losses import register_loss
 from distill.losses.base import LogitLoss
-from distill.losses.task_outputs import POSE_FORM, angle_term, keypoint_term, mask_term
+from distill.losses.task_outputs import POSE_FORM, keypoint_term, mask_term, rotated_box_term
 
 
-TASK_PARAMS = ("kpt_weight", "angle_weight", "mask_weight", "mask_anchors")  # the task heads' own outputs
+TASK_PARAMS = ("kpt_weight", "rbox_weight", "mask_weight", "mask_anchors")  # the task heads' own outputs
 
 
 @register_loss("kl")
@@ -44,7 +46,7 @@ class KLLoss(LogitLoss):
         "box_weight": (1.0, "weight of the decoded-box term (used where distributions cannot be compared)"),
         "decoded": (0.0, "1: distil decoded boxes even between DFL heads of equal reg_max; 0: LD there"),
         "kpt_weight": (1.0, "pose: weight of the keypoint term (positions in grid units, visibility KL)"),
-        "angle_weight": (1.0, "OBB: weight of the angle term (|wrapped difference| in radians)"),
+        "rbox_weight": (1.0, "OBB: weight of the rotated-box term (1 - ProbIoU; replaces the side terms)"),
         "mask_weight": (1.0, "segment: weight of the instance-mask term (per-pixel KL inside the teacher's box)"),
         "mask_anchors": (64.0, "segment: masks compared at this many most teacher-confident anchors per image"),
     }
@@ -60,7 +62,7 @@ class KLLoss(LogitLoss):
             raise ValueError(f"kl_box_weight must be >= 0, got {values['box_weight']}.")
         if values["decoded"] not in (0.0, 1.0):
             raise ValueError(f"kl_decoded must be 0 or 1, got {values['decoded']}.")
-        for key in ("kpt_weight", "angle_weight", "mask_weight"):
+        for key in ("kpt_weight", "rbox_weight", "mask_weight"):
             if values.get(key, 0) < 0:
                 raise ValueError(f"kl_{key} must be >= 0, got {values[key]}.")
         if "mask_anchors" in values and (values["mask_anchors"] < 1 or not float(values["mask_anchors"]).is_integer()):
@@ -77,9 +79,15 @@ class KLLoss(LogitLoss):
         )
         loss = T**2 * (kl_cls.sum(1) * weight).sum() / norm
 
+        if ("angle" in student) != ("angle" in teacher):  # rotated vs axis-aligned sides: not comparable
+            return loss + self.task_terms(student, teacher, weight, norm)
         bs, bt = student["boxes"].float(), teacher["boxes"].float()  # (B, 4 * reg_max, A)
         reg_max = bs.shape[1] // 4
-        if reg_max > 1 and bs.shape == bt.shape and not self.decoded:  # the same bins: LD on the distributions
+        if "angle" in student:  # OBB: sides and angle together, whatever form each box takes
+            if self.rbox_weight > 0:
+                term = rotated_box_term(side_distances(bs), side_distances(bt), student["angle"], teacher["angle"])
+                loss = loss + self.rbox_weight * (term * weight).sum() / norm
+        elif reg_max > 1 and bs.shape == bt.shape and not self.decoded:  # the same bins: LD on the distributions
             Tb = self.box_temperature
             b, _, a = bs.shape
             log_qs = F.log_softmax(bs.view(b, 4, reg_max, a) / Tb, dim=2)
@@ -93,14 +101,12 @@ class KLLoss(LogitLoss):
         return loss + self.task_terms(student, teacher, weight, norm)
 
     def task_terms(self, student: dict, teacher: dict, weight: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
-        """The task head's own outputs that both dicts carry comparably (see `task_outputs`), anchor-weighted."""
+        """Keypoints and masks, where both dicts carry them comparably (see `task_outputs`), anchor-weighted."""
         loss = torch.zeros((), device=weight.device)
         if self.kpt_weight > 0 and "kpts" in student and "kpts" in teacher and comparable_keypoints(student, teacher):
             term = keypoint_term(student["kpts"], teacher["kpts"], student["kpt_shape"][1],
                                  student.get("kpt_form", POSE_FORM), teacher.get("kpt_form", POSE_FORM))
             loss = loss + self.kpt_weight * (term * weight).sum() / norm
-        if self.angle_weight > 0 and "angle" in student and "angle" in teacher:
-            loss = loss + self.angle_weight * (angle_term(student["angle"], teacher["angle"]) * weight).sum() / norm
         if self.mask_weight > 0 and all(k in d for d in (student, teacher) for k in ("mask_coefficient", "proto", "feats")):
             total, weights = mask_term(student, teacher, weight, side_distances(teacher["boxes"].float()),
                                        int(self.mask_anchors))

@@ -8,7 +8,11 @@ probability, so the student copies the teacher where the teacher sees an object,
   binary KL of the visibility probabilities. Needs the same kpt_shape. Heads decode raw outputs differently:
   Ultralytics' Pose as x = (2 * raw + anchor - 0.5) * stride, Pose26 as (raw + anchor) * stride; each dict's
   `kpt_form` (scale, shift) gives the position scale * raw + shift in grid units from the anchor.
-- Angle (OBB): |wrapped difference| in radians, with period pi (a rectangle turned by pi is the same one).
+- Rotated boxes (OBB): an OBB head's side distances are measured in the frame its angle turns, so sides and angle
+  mean something only together, and one box has several (w, h, angle) forms: turned by pi, or by pi/2 with w and h
+  swapped. So the student's and the teacher's boxes are decoded around their shared anchor (grid units) and compared
+  by 1 - ProbIoU (Llerena et al., 2021; the similarity Ultralytics' OBB loss trains with), which is the same
+  for every form of a box. It replaces the side terms of `kl` for OBB pairs.
 - Masks (segment): mask coefficients are coordinates in each model's own prototype basis, so they cannot be compared
   one to one; the instance masks they assemble can. At each image's `k` anchors where the teacher is most confident,
   both models' masks (coefficients @ prototypes, at prototype resolution) are compared by per-pixel binary KL inside
@@ -48,10 +52,41 @@ def keypoint_term(ks: torch.Tensor, kt: torch.Tensor, ndim: int, form_s: tuple[f
     return (seen * position + binary_kl(kt[:, :, 2], ks[:, :, 2])).mean(1)
 
 
-def angle_term(angle_s: torch.Tensor, angle_t: torch.Tensor) -> torch.Tensor:
-    """(B, 1, A) angles in radians -> (B, A) |difference| wrapped to [-pi/2, pi/2)."""
-    diff = torch.remainder(angle_s.float() - angle_t.float() + math.pi / 2, math.pi) - math.pi / 2
-    return diff.abs().sum(1)
+def hellinger(boxes_a: torch.Tensor, boxes_b: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """(N, 5) x, y, w, h, angle -> (N,): 1 - ProbIoU, the Hellinger distance between the boxes' Gaussians (mean the
+    centre, covariance R diag(w^2, h^2) R^T / 12; Llerena et al., 2021), via the Bhattacharyya distance
+    B = (mu_a - mu_b)^T S^-1 (mu_a - mu_b) / 8 + ln(det S / sqrt(det S_a det S_b)) / 2, S = (S_a + S_b) / 2, and
+    H = sqrt(1 - exp(-B)), computed as sqrt(1 - exp(-B) + d^2) - d with d = 1e-4: exactly 0 where the boxes agree,
+    with a finite gradient there, and within 1e-4 of H elsewhere."""
+    def covariance(box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        var_w, var_h = box[:, 2].clamp(min=eps).pow(2) / 12, box[:, 3].clamp(min=eps).pow(2) / 12
+        cos, sin = torch.cos(box[:, 4]), torch.sin(box[:, 4])
+        return var_w * cos**2 + var_h * sin**2, var_w * sin**2 + var_h * cos**2, (var_w - var_h) * cos * sin
+
+    (a1, b1, c1), (a2, b2, c2) = covariance(boxes_a), covariance(boxes_b)  # [[a, c], [c, b]]
+    a, b, c = (a1 + a2) / 2, (b1 + b2) / 2, (c1 + c2) / 2
+    det = (a * b - c**2).clamp(min=eps)
+    dx, dy = boxes_a[:, 0] - boxes_b[:, 0], boxes_a[:, 1] - boxes_b[:, 1]
+    mahalanobis = (b * dx**2 + a * dy**2 - 2 * c * dx * dy) / det
+    det_a, det_b = (a1 * b1 - c1**2).clamp(min=eps), (a2 * b2 - c2**2).clamp(min=eps)
+    bhattacharyya = (mahalanobis / 8 + 0.5 * torch.log(det / (det_a * det_b).sqrt())).clamp(min=0)
+    return (1 - torch.exp(-bhattacharyya) + 1e-8).sqrt() - 1e-4
+
+
+def rotated_box_term(sides_s: torch.Tensor, sides_t: torch.Tensor, angle_s: torch.Tensor,
+                     angle_t: torch.Tensor) -> torch.Tensor:
+    """(B, 4, A) side distances (grid units, in each box's rotated frame) and (B, 1, A) angles (radians) of student
+    and teacher -> (B, A): 1 - ProbIoU of the two rotated boxes decoded around the shared anchor point."""
+    def rotated(sides: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:  # (B * A, 5) x, y, w, h, angle
+        sides, angle = sides.float().clamp(min=0), angle.float()
+        off_x, off_y = (sides[:, 2] - sides[:, 0]) / 2, (sides[:, 3] - sides[:, 1]) / 2  # centre in the box's frame
+        cos, sin = torch.cos(angle[:, 0]), torch.sin(angle[:, 0])
+        box = torch.stack([off_x * cos - off_y * sin, off_x * sin + off_y * cos, sides[:, 0] + sides[:, 2],
+                           sides[:, 1] + sides[:, 3], angle[:, 0]], -1)  # (B, A, 5)
+        return box.reshape(-1, 5)
+
+    b, _, a = sides_s.shape
+    return hellinger(rotated(sides_s, angle_s), rotated(sides_t, angle_t)).view(b, a)
 
 
 def anchor_boxes(sides: torch.Tensor, feats: list[torch.Tensor], proto_h: int) -> torch.Tensor:
