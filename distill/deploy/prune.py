@@ -1,0 +1,248 @@
+"""Structured channel pruning of a YOLOv8-style detection checkpoint, into a plain Ultralytics checkpoint.
+
+    python -m distill.deploy.prune runs/exp/weights/best.pt --ratio 0.5            # -> best-pruned50.pt
+
+Channels are removed by the magnitude of their weights (L2 over each coupled group of channels) with
+torch-pruning, which follows every layer a channel feeds (concats, residuals, the head's inputs). The result must
+stay an ordinary Ultralytics model: Ultralytics rebuilds a model from its YAML whenever it trains a checkpoint and
+copies over only the weights whose shapes fit, so a pruned model whose YAML still describes the old widths would
+silently train from random weights. So the pruned widths are written into the model's YAML (each layer's channels,
+width and depth multiples 1), the model is rebuilt from that YAML and the pruned weights are loaded into it strictly,
+and the two must compute the same outputs; a model that cannot be written that way is refused.
+
+Two structures need care:
+- C2f splits its first conv's output in two equal halves (`chunk(2)`), which torch-pruning cannot trace, and its
+  bottlenecks are as wide as one half. While pruning, that conv is held as two convs, one per half; every group is
+  pruned at the same ratio, so the halves and the bottlenecks keep equal widths, and the halves are joined again.
+- Detect derives its hidden widths from its input widths and the class count (c2 = max(16, ch0 // 4, 4 reg_max),
+  c3 = max(ch0, min(nc, 100))); its convs are left out of the pruning and then cut to what the YAML will rebuild.
+
+Supported: models built only from Conv, C2f, SPPF, Concat, Upsample and a Detect head (YOLOv8 detection). Others
+(YOLO11's C3k2/C2PSA, YOLO26, segment/pose/OBB heads) are refused with a clear message. Needs the `deploy` extra
+(`pip install 'yolo-distill[deploy]'`: torch-pruning).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+SUPPORTED = ("Conv", "C2f", "SPPF", "Concat", "Upsample", "Detect")
+
+
+def check_prunable(model: nn.Module) -> None:
+    """ValueError unless every layer of `model` is one this pruner knows how to write back as YAML."""
+    from ultralytics.nn.modules import Detect
+
+    others = sorted({type(m).__name__ for m in model.model if type(m).__name__ not in SUPPORTED})
+    if others or type(model.model[-1]) is not Detect:
+        raise ValueError(f"pruning supports YOLOv8-style detection models ({', '.join(SUPPORTED)}); this one has "
+                         f"{', '.join(others) or type(model.model[-1]).__name__}. Prune a yolov8 detection checkpoint.")
+
+
+def _split_c2f(block: nn.Module) -> None:
+    """Hold a C2f's first conv as two convs, one per half, with a forward that uses them (for tracing)."""
+    from ultralytics.nn.modules import Conv
+
+    conv, half = block.cv1, block.c
+    halves = []
+    for i in range(2):
+        part = Conv(conv.conv.in_channels, half, conv.conv.kernel_size[0], conv.conv.stride[0])
+        part.conv.weight.data = conv.conv.weight.data[i * half:(i + 1) * half].clone()
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            getattr(part.bn, name).data = getattr(conv.bn, name).data[i * half:(i + 1) * half].clone()
+        part.bn.eps, part.bn.momentum = conv.bn.eps, conv.bn.momentum
+        halves.append(part)
+    block.half_a, block.half_b = halves
+    del block.cv1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = [self.half_a(x), self.half_b(x)]
+        y.extend(m(y[-1]) for m in self.m)
+        return self.cv2(torch.cat(y, 1))
+
+    block.forward = types.MethodType(forward, block)
+
+
+def _join_c2f(block: nn.Module) -> None:
+    """Undo `_split_c2f` on the pruned halves: one conv again, `c` the new half width."""
+    a, b = block.half_a, block.half_b
+    if a.conv.out_channels != b.conv.out_channels:
+        raise ValueError(f"the halves of a C2f were pruned to {a.conv.out_channels} and {b.conv.out_channels} channels; "
+                         "C2f needs equal halves. Try another --ratio.")
+    conv = copy.deepcopy(a)
+    conv.conv = nn.Conv2d(a.conv.in_channels, 2 * a.conv.out_channels, a.conv.kernel_size, a.conv.stride,
+                          a.conv.padding, bias=False)
+    conv.conv.weight.data = torch.cat([a.conv.weight.data, b.conv.weight.data])
+    conv.bn = nn.BatchNorm2d(2 * a.conv.out_channels, eps=a.bn.eps, momentum=a.bn.momentum)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(conv.bn, name).data = torch.cat([getattr(a.bn, name).data, getattr(b.bn, name).data])
+    block.cv1, block.c = conv, a.conv.out_channels
+    del block.half_a, block.half_b, block.forward  # back to C2f's own forward
+
+
+def _cut_outputs(graph: Any, conv: nn.Conv2d, keep: int) -> None:
+    """Remove the output channels of `conv` with the smallest L2 weight norm until `keep` remain (and everything
+    that consumes them, through torch-pruning's dependency graph)."""
+    import torch_pruning as tp
+
+    drop = conv.out_channels - keep
+    if drop <= 0:
+        return
+    norms = conv.weight.detach().flatten(1).norm(dim=1)
+    idxs = norms.argsort()[:drop].tolist()
+    graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=idxs).prune()
+
+
+def _prune_head(model: nn.Module, example: torch.Tensor) -> None:
+    """Cut Detect's hidden convs to the widths Detect computes from its (pruned) inputs."""
+    import torch_pruning as tp
+
+    head = model.model[-1]
+    ch0 = head.cv2[0][0].conv.in_channels
+    c2, c3 = max(16, ch0 // 4, head.reg_max * 4), max(ch0, min(head.nc, 100))
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=_forward)
+    for i in range(head.nl):
+        for branch, width in ((head.cv2[i], c2), (head.cv3[i], c3)):
+            for conv in (branch[0].conv, branch[1].conv):
+                _cut_outputs(graph, conv, width)
+
+
+def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def pruned_yaml(model: nn.Module) -> dict:
+    """The model's YAML with every layer's channels as they are now (width and depth multiples 1, no scales)."""
+    from ultralytics.nn.modules import C2f, Conv
+
+    cfg = copy.deepcopy(model.yaml)
+    for key in ("scales", "scale", "yaml_file"):
+        cfg.pop(key, None)
+    cfg.update(depth_multiple=1.0, width_multiple=1.0)
+    rows = cfg["backbone"] + cfg["head"]
+    for row, layer in zip(rows, model.model):
+        if isinstance(layer, Conv):
+            row[3] = [layer.conv.out_channels, *row[3][1:]]
+        elif isinstance(layer, C2f):
+            c2 = layer.cv2.conv.out_channels
+            shortcut = layer.m[0].add if len(layer.m) else False
+            # C2f(c1, c2, n, shortcut, g, e) takes its half width as int(c2 * e): an e just above half / c2
+            row[1], row[3] = len(layer.m), [c2, shortcut, 1, (layer.c + 0.5) / c2]
+        elif type(layer).__name__ == "SPPF":
+            row[3] = [layer.cv2.conv.out_channels, *row[3][1:]]
+    n_back = len(cfg["backbone"])
+    cfg["backbone"], cfg["head"] = rows[:n_back], rows[n_back:]
+    return cfg
+
+
+def rebuild(model: nn.Module, cfg: dict) -> nn.Module:
+    """A fresh DetectionModel from `cfg` with `model`'s weights loaded strictly; ValueError if the YAML does not
+    rebuild exactly this model (shapes or outputs)."""
+    from ultralytics.nn.tasks import DetectionModel
+
+    built = DetectionModel(copy.deepcopy(cfg), ch=cfg.get("channels", 3), nc=model.model[-1].nc, verbose=False)
+    try:
+        built.load_state_dict(model.state_dict(), strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"the pruned model cannot be written as an Ultralytics YAML ({str(e).splitlines()[0]}). "
+                         "Try another --ratio.") from None
+    for attr in ("names", "args", "stride"):
+        if hasattr(model, attr):
+            setattr(built, attr, getattr(model, attr))
+    built.eval()
+    model.eval()
+    x = torch.rand(1, cfg.get("channels", 3), 64, 64)
+    with torch.no_grad():
+        a, b = _forward(model, x), _forward(built, x)
+    if not torch.allclose(a, b, rtol=1e-4, atol=1e-4):
+        raise ValueError("the model rebuilt from the pruned YAML computes other outputs than the pruned model.")
+    return built
+
+
+def prune_model(model: nn.Module, ratio: float, imgsz: int = 640) -> nn.Module:
+    """A pruned copy of a detection model: about `ratio` of the channels of each prunable group removed (multiples
+    of 8 kept), head inputs following, rebuilt from its own YAML."""
+    import torch_pruning as tp
+
+    if not 0 < ratio < 1:
+        raise ValueError(f"--ratio must be between 0 and 1 (the fraction of channels removed), got {ratio}.")
+    check_prunable(model)
+    from ultralytics.nn.modules import C2f
+
+    model = copy.deepcopy(model).float().cpu()
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(True)
+    blocks = [m for m in model.model if isinstance(m, C2f)]
+    for block in blocks:
+        _split_c2f(block)
+    example = torch.rand(1, 3, imgsz, imgsz)
+    head = model.model[-1]
+    pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
+                                  ignored_layers=[head], round_to=8, forward_fn=_forward)
+    pruner.step()
+    for block in blocks:
+        _join_c2f(block)
+    _prune_head(model, example)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return rebuild(model, pruned_yaml(model))
+
+
+def prune_checkpoint(weights: str | Path, ratio: float, out: str | Path | None = None, imgsz: int = 640) -> Path:
+    """Prune the checkpoint at `weights` and write a plain Ultralytics checkpoint (default `<name>-pruned<pct>.pt`
+    beside it); returns its path."""
+    from datetime import datetime
+
+    import ultralytics
+
+    from distill.checkpoints import read_checkpoint
+    from distill.teacher import atomic_save
+
+    read_checkpoint(weights, "model")  # missing or corrupt: one clear sentence
+    ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+    model = ckpt.get("ema") or ckpt["model"]
+    pruned = prune_model(model, ratio, imgsz)
+    out = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-pruned{round(ratio * 100)}.pt")
+    atomic_save({"date": datetime.now().isoformat(), "version": ultralytics.__version__, "epoch": -1,
+                 "best_fitness": None, "model": pruned.half(), "ema": None, "updates": None, "optimizer": None,
+                 "train_args": ckpt.get("train_args", {}), "train_metrics": None, "train_results": None,
+                 "pruned": {"from": str(weights), "ratio": ratio}}, out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distill.deploy.prune", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("weights", help="a YOLOv8 detection checkpoint (.pt)")
+    p.add_argument("--ratio", type=float, default=0.5, help="fraction of each prunable group's channels to remove")
+    p.add_argument("--out", default=None, help="output .pt (default: <weights>-pruned<pct>.pt)")
+    p.add_argument("--imgsz", type=int, default=640, help="image size of the trace and of the GFLOPs reported")
+    a = p.parse_args(argv)
+    try:
+        from ultralytics.utils.torch_utils import get_flops, get_num_params
+
+        from distill.checkpoints import read_checkpoint
+
+        before = read_checkpoint(a.weights, "model")
+        out = prune_checkpoint(a.weights, a.ratio, a.out, a.imgsz)
+        after = read_checkpoint(out, "model")
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"prune: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{a.weights}: {get_num_params(before) / 1e6:.2f} M parameters, {get_flops(before, a.imgsz):.2f} GFLOPs\n"
+          f"{out}: {get_num_params(after) / 1e6:.2f} M parameters, {get_flops(after, a.imgsz):.2f} GFLOPs")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
