@@ -57,6 +57,30 @@ def task_data(tmp_path_factory) -> dict[str, str]:
     return {task: str(synthetic_dataset(replace(TINY, task=task), root=root)) for task in ("segment", "pose", "obb")}
 
 
+def ddp_workers(trainer, report: str) -> list[dict]:
+    """Ultralytics' own DDP file for `trainer`, run in fresh processes as ranks 0 and 1 up to the point where they
+    would train (Ultralytics reads RANK from the environment; no process group on CPU); each rank runs `report`
+    (code printing 'WORKER <json>') after its set-up. Returns the reports in rank order."""
+    import json
+    import os
+    import subprocess
+
+    from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
+
+    file = generate_ddp_file(trainer)
+    try:
+        workers = []
+        for rank in (0, 1):
+            script = Path(file).read_text().replace("trainer.train()", "trainer._setup_train()\n" + report)
+            done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
+                                  env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"})
+            assert done.returncode == 0, done.stderr[-3000:]
+            workers.append(json.loads(done.stdout.split("WORKER ", 1)[1].splitlines()[0]))
+    finally:
+        ddp_cleanup(trainer, file)
+    return workers
+
+
 @pytest.fixture()
 def project(tmp_path) -> str:
     return str(tmp_path / "runs")

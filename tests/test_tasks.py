@@ -13,12 +13,13 @@ import pytest
 import torch
 from ultralytics import YOLO as PlainYOLO
 
-from conftest import ROOT, TRAIN
+from conftest import ROOT, TRAIN, ddp_workers
 from distill import YOLO
 from distill.compare import map_curve, results_columns
 from distill.distiller import MODULES_ATTR
 from distill.tasks import DISTILLATION_TRAINERS, PLAIN_TRAINERS
 from distill.teacher import load_teacher, model_task
+from test_robustness import _digest
 
 SUFFIX = {"segment": "-seg", "pose": "-pose", "obb": "-obb"}
 OWN_LOSS = {"segment": "seg_loss", "pose": "pose_loss", "obb": "angle_loss"}  # the task's own term in results.csv
@@ -203,28 +204,14 @@ WORKER = r"""
 def test_a_ddp_worker_rebuilds_a_pose_distillation(task_data, project):
     """Ultralytics' DDP file for a pose student, run in fresh processes (ranks 0 and 1) up to training: each is the
     pose distillation trainer, with the written teacher's weights, the dataset's kpt_shape and the same connectors."""
-    from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
-
     from distill.tasks import PoseDistillationTrainer
 
     trainer = PoseDistillationTrainer(overrides=dict(
         model="yolov8n-pose.yaml", data=task_data["pose"], Distillation=load_teacher("yolov8s-pose.yaml", nc=6,
         kpt_shape=[4, 3]), loss_type="kl+cwd", project=project, name="ddp", **TRAIN))
     trainer.model = trainer.get_model(cfg="yolov8n-pose.yaml")
-    file = generate_ddp_file(trainer)
-    try:
-        workers = []
-        for rank in (0, 1):  # Ultralytics reads RANK from the environment; no process group on CPU
-            script = Path(file).read_text().replace("trainer.train()", "trainer._setup_train()\n" + WORKER)
-            done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
-                                  env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"})
-            assert done.returncode == 0, done.stderr[-3000:]
-            workers.append(json.loads(done.stdout.split("WORKER ", 1)[1].splitlines()[0]))
-    finally:
-        ddp_cleanup(trainer, file)
-    import hashlib
-
-    digest = hashlib.sha1(b"".join(v.cpu().numpy().tobytes() for v in trainer.distiller.teacher.state_dict().values())).hexdigest()
+    workers = ddp_workers(trainer, WORKER)
+    digest = _digest(trainer.distiller.teacher)
     for rank, worker in enumerate(workers):
         assert worker["rank"] == rank and worker["trainer"] == "PoseDistillationTrainer"
         assert worker["teacher"] == digest and worker["kpt_shape"] == [4, 3]

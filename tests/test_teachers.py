@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -15,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from conftest import ROOT, TRAIN
+from conftest import ROOT, TRAIN, ddp_workers
 from distill import YOLO, DistillationTrainer
 from distill.compare import results_columns
 from distill.config import DistillSettings
@@ -224,23 +222,11 @@ WORKER_REPORT = r"""
 def test_a_ddp_worker_rebuilds_both_teachers(data_yaml, teacher_pt, project):
     """Ultralytics' DDP file in fresh processes (ranks 0 and 1) up to training: an in-memory teacher and a .yaml one
     are each written once, and every rank loads the same weights, shares, layers and connectors."""
-    from ultralytics.utils.dist import ddp_cleanup, generate_ddp_file
-
     trainer = DistillationTrainer(overrides=dict(
         model="yolov8n.yaml", data=data_yaml, Distillation=[YOLO(teacher_pt).model, "yolo11n.yaml"], loss_type="cwd",
         distill_teacher_weights=[2, 1], project=project, name="ddp2", **TRAIN))
     trainer.model = trainer.get_model(cfg="yolov8n.yaml")
-    file = generate_ddp_file(trainer)
-    try:
-        workers = []
-        for rank in (0, 1):
-            script = Path(file).read_text().replace("trainer.train()", "trainer._setup_train()\n" + WORKER_REPORT)
-            done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT,
-                                  env={**os.environ, "RANK": str(rank), "WORLD_SIZE": "2"})
-            assert done.returncode == 0, done.stderr[-3000:]
-            workers.append(json.loads(done.stdout.split("WORKER ", 1)[1].splitlines()[0]))
-    finally:
-        ddp_cleanup(trainer, file)
+    workers = ddp_workers(trainer, WORKER_REPORT)
     d = trainer.distiller
     digests = [_digest(t.model) for t in d.teachers]
     paths = [str(trainer.save_dir / "teacher1.pt"), str(trainer.save_dir / "teacher2.pt")]

@@ -21,8 +21,6 @@ probability, so the student copies the teacher where the teacher sees an object,
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
