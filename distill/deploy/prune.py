@@ -14,11 +14,14 @@ Two structures need care:
 - C2f splits its first conv's output in two equal halves (`chunk(2)`), which torch-pruning cannot trace, and its
   bottlenecks are as wide as one half. While pruning, that conv is held as two convs, one per half; every group is
   pruned at the same ratio, so the halves and the bottlenecks keep equal widths, and the halves are joined again.
-- Detect derives its hidden widths from its input widths and the class count (c2 = max(16, ch0 // 4, 4 reg_max),
-  c3 = max(ch0, min(nc, 100))); its convs are left out of the pruning and then cut to what the YAML will rebuild.
+- Widths a module derives from others are left out of the pruning and then cut to what the YAML will rebuild:
+  SPPF's hidden width (its input // 2) and Detect's (c2 = max(16, ch0 // 4, 4 reg_max), c3 = max(ch0, min(nc, 100))).
 
-Supported: models built only from Conv, C2f, SPPF, Concat, Upsample and a Detect head (YOLOv8 detection). Others
-(YOLO11's C3k2/C2PSA, YOLO26, segment/pose/OBB heads) are refused with a clear message. Needs the `deploy` extra
+`--ratio` is the fraction of each group's channels removed, rounded down to a multiple of 8 kept (a group that would
+keep fewer than 8 is left as it is).
+
+Supported: models built only from Conv, C2f, SPPF, Concat, Upsample and a Detect head without an end-to-end branch
+(YOLOv8 detection). Others (YOLO11's C3k2/C2PSA, YOLO26, segment/pose/OBB heads) are refused with a clear message. Needs the `deploy` extra
 (`pip install 'yolo-distill[deploy]'`: torch-pruning).
 """
 
@@ -34,31 +37,38 @@ from typing import Any
 import torch
 from torch import nn
 
+from distill.distiller import MODULES_ATTR
+
 SUPPORTED = ("Conv", "C2f", "SPPF", "Concat", "Upsample", "Detect")
 
 
 def check_prunable(model: nn.Module) -> None:
     """ValueError unless every layer of `model` is one this pruner knows how to write back as YAML."""
-    from ultralytics.nn.modules import Detect
+    from ultralytics.nn.modules import Conv, Detect
 
     others = sorted({type(m).__name__ for m in model.model if type(m).__name__ not in SUPPORTED})
-    if others or type(model.model[-1]) is not Detect:
+    head = model.model[-1]
+    if others or type(head) is not Detect:
         raise ValueError(f"pruning supports YOLOv8-style detection models ({', '.join(SUPPORTED)}); this one has "
-                         f"{', '.join(others) or type(model.model[-1]).__name__}. Prune a yolov8 detection checkpoint.")
+                         f"{', '.join(others) or type(head).__name__}. Prune a yolov8 detection checkpoint.")
+    # the class branch's form, from its layers (Ultralytics keeps `legacy` on the Detect class, shared by all models)
+    if getattr(head, "one2one_cv2", None) is not None or not isinstance(head.cv3[0][0], Conv):
+        raise ValueError("pruning supports the YOLOv8 Detect head without an end-to-end (one-to-one) branch; this "
+                         "head has one, or the newer depthwise class branch.")
 
 
 def _split_c2f(block: nn.Module) -> None:
     """Hold a C2f's first conv as two convs, one per half, with a forward that uses them (for tracing)."""
-    from ultralytics.nn.modules import Conv
-
     conv, half = block.cv1, block.c
     halves = []
     for i in range(2):
-        part = Conv(conv.conv.in_channels, half, conv.conv.kernel_size[0], conv.conv.stride[0])
-        part.conv.weight.data = conv.conv.weight.data[i * half:(i + 1) * half].clone()
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            getattr(part.bn, name).data = getattr(conv.bn, name).data[i * half:(i + 1) * half].clone()
-        part.bn.eps, part.bn.momentum = conv.bn.eps, conv.bn.momentum
+        part = copy.deepcopy(conv)  # keeps the activation the model was built with
+        part.conv.out_channels, part.bn.num_features = half, half
+        part.conv.weight = nn.Parameter(conv.conv.weight.data[i * half:(i + 1) * half].clone())
+        for name in ("weight", "bias"):
+            setattr(part.bn, name, nn.Parameter(getattr(conv.bn, name).data[i * half:(i + 1) * half].clone()))
+        for name in ("running_mean", "running_var"):
+            setattr(part.bn, name, getattr(conv.bn, name)[i * half:(i + 1) * half].clone())
         halves.append(part)
     block.half_a, block.half_b = halves
     del block.cv1
@@ -101,14 +111,17 @@ def _cut_outputs(graph: Any, conv: nn.Conv2d, keep: int) -> None:
     graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=idxs).prune()
 
 
-def _prune_head(model: nn.Module, example: torch.Tensor) -> None:
-    """Cut Detect's hidden convs to the widths Detect computes from its (pruned) inputs."""
+def _fit_derived_widths(model: nn.Module, example: torch.Tensor) -> None:
+    """Cut the widths modules derive from their inputs to what the YAML rebuilds: SPPF's hidden width (input // 2),
+    Detect's hidden convs (from its first input width and the class count)."""
     import torch_pruning as tp
 
+    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=_forward)
+    for sppf in (m for m in model.model if type(m).__name__ == "SPPF"):
+        _cut_outputs(graph, sppf.cv1.conv, sppf.cv1.conv.in_channels // 2)
     head = model.model[-1]
     ch0 = head.cv2[0][0].conv.in_channels
     c2, c3 = max(16, ch0 // 4, head.reg_max * 4), max(ch0, min(head.nc, 100))
-    graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=_forward)
     for i in range(head.nl):
         for branch, width in ((head.cv2[i], c2), (head.cv3[i], c3)):
             for conv in (branch[0].conv, branch[1].conv):
@@ -136,7 +149,8 @@ def pruned_yaml(model: nn.Module) -> dict:
             c2 = layer.cv2.conv.out_channels
             shortcut = layer.m[0].add if len(layer.m) else False
             # C2f(c1, c2, n, shortcut, g, e) takes its half width as int(c2 * e): an e just above half / c2
-            row[1], row[3] = len(layer.m), [c2, shortcut, 1, (layer.c + 0.5) / c2]
+            groups = row[3][2] if len(row[3]) > 2 else 1
+            row[1], row[3] = len(layer.m), [c2, shortcut, groups, (layer.c + 0.5) / c2]
         elif type(layer).__name__ == "SPPF":
             row[3] = [layer.cv2.conv.out_channels, *row[3][1:]]
     n_back = len(cfg["backbone"])
@@ -153,18 +167,30 @@ def rebuild(model: nn.Module, cfg: dict) -> nn.Module:
     try:
         built.load_state_dict(model.state_dict(), strict=True)
     except RuntimeError as e:
-        raise ValueError(f"the pruned model cannot be written as an Ultralytics YAML ({str(e).splitlines()[0]}). "
-                         "Try another --ratio.") from None
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line or "Missing" in line
+                       or "Unexpected" in line), str(e).splitlines()[0])
+        raise ValueError(f"the pruned model cannot be written as an Ultralytics YAML ({detail}).") from None
     for attr in ("names", "args", "stride"):
         if hasattr(model, attr):
             setattr(built, attr, getattr(model, attr))
-    built.eval()
+    built.eval().requires_grad_(False)
     model.eval()
-    x = torch.rand(1, cfg.get("channels", 3), 64, 64)
-    with torch.no_grad():
-        a, b = _forward(model, x), _forward(built, x)
-    if not torch.allclose(a, b, rtol=1e-4, atol=1e-4):
-        raise ValueError("the model rebuilt from the pruned YAML computes other outputs than the pruned model.")
+    # every layer's output, not only the decoded head output (which an untrained net barely ties to its features)
+    x = torch.rand(2, cfg.get("channels", 3), 64, 64)
+    outputs: dict[int, list[torch.Tensor]] = {}
+    hooks = [layer.register_forward_hook(lambda _m, _i, out, k=k: outputs.setdefault(k, []).append(out))
+             for net in (model, built) for k, layer in enumerate(net.model)]
+    try:
+        with torch.no_grad():
+            _forward(model, x), _forward(built, x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for k, (a, b) in outputs.items():
+        a, b = (a[0], b[0]) if isinstance(a, (tuple, list)) else (a, b)
+        if isinstance(a, torch.Tensor) and not torch.allclose(a, b, rtol=1e-4, atol=1e-5 * float(a.abs().max()) + 1e-6):
+            raise ValueError(f"layer {k} of the model rebuilt from the pruned YAML computes other outputs than the "
+                             "pruned model's.")
     return built
 
 
@@ -179,22 +205,25 @@ def prune_model(model: nn.Module, ratio: float, imgsz: int = 640) -> nn.Module:
     from ultralytics.nn.modules import C2f
 
     model = copy.deepcopy(model).float().cpu()
+    if hasattr(model, MODULES_ATTR):  # an unfinished distilled last.pt still carries its connectors
+        delattr(model, MODULES_ATTR)
     model.eval()
     for p in model.parameters():
         p.requires_grad_(True)
     blocks = [m for m in model.model if isinstance(m, C2f)]
     for block in blocks:
         _split_c2f(block)
-    example = torch.rand(1, 3, imgsz, imgsz)
-    head = model.model[-1]
+    stride = int(max(model.stride))
+    if imgsz % stride:
+        raise ValueError(f"--imgsz {imgsz} must be a multiple of the model's largest stride ({stride}).")
+    example = torch.rand(1, model.yaml.get("channels", 3), imgsz, imgsz)
+    derived = [m.cv1 for m in model.model if type(m).__name__ == "SPPF"]  # widths set afterwards from their inputs
     pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
-                                  ignored_layers=[head], round_to=8, forward_fn=_forward)
+                                  ignored_layers=[model.model[-1], *derived], round_to=8, forward_fn=_forward)
     pruner.step()
     for block in blocks:
         _join_c2f(block)
-    _prune_head(model, example)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    _fit_derived_widths(model, example)
     return rebuild(model, pruned_yaml(model))
 
 
@@ -205,18 +234,23 @@ def prune_checkpoint(weights: str | Path, ratio: float, out: str | Path | None =
 
     import ultralytics
 
-    from distill.checkpoints import read_checkpoint
+    from ultralytics.nn.tasks import torch_safe_load
+
+    from distill.checkpoints import read_checkpoint, resolve_weights
     from distill.teacher import atomic_save
+    from distill.trainer import distill_arg_keys
 
     read_checkpoint(weights, "model")  # missing or corrupt: one clear sentence
-    ckpt = torch.load(weights, map_location="cpu", weights_only=False)
+    ckpt, _ = torch_safe_load(str(resolve_weights(weights, "model")))
     model = ckpt.get("ema") or ckpt["model"]
     pruned = prune_model(model, ratio, imgsz)
+    ours = distill_arg_keys()  # a distilled checkpoint's train arguments: keep Ultralytics' own
+    train_args = {k: v for k, v in (ckpt.get("train_args") or {}).items() if k not in ours}
     out = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}-pruned{round(ratio * 100)}.pt")
     atomic_save({"date": datetime.now().isoformat(), "version": ultralytics.__version__, "epoch": -1,
                  "best_fitness": None, "model": pruned.half(), "ema": None, "updates": None, "optimizer": None,
-                 "train_args": ckpt.get("train_args", {}), "train_metrics": None, "train_results": None,
-                 "pruned": {"from": str(weights), "ratio": ratio}}, out)
+                 "train_args": train_args, "train_metrics": None, "train_results": None,
+                 "pruned": [*(ckpt.get("pruned") or []), {"from": str(weights), "ratio": ratio}]}, out)  # each step
     return out
 
 
@@ -236,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         before = read_checkpoint(a.weights, "model")
         out = prune_checkpoint(a.weights, a.ratio, a.out, a.imgsz)
         after = read_checkpoint(out, "model")
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except (ValueError, FileNotFoundError, ImportError) as e:  # ImportError: the deploy extra is missing
         print(f"prune: error: {e}", file=sys.stderr)
         return 2
     print(f"{a.weights}: {get_num_params(before) / 1e6:.2f} M parameters, {get_flops(before, a.imgsz):.2f} GFLOPs\n"
