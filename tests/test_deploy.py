@@ -39,3 +39,30 @@ def test_validation_images_from_a_folder_or_an_image_list(data_yaml, tmp_path):
     listed = tmp_path / "data.yaml"
     listed.write_text(f"path: {root}\ntrain: images/train\nval: {tmp_path / 'val.txt'}\nnames: {{0: circle}}\n")
     assert len(from_folder) == 3 and val_images(listed, 3) == from_folder
+
+
+def test_an_int8_onnx_calibrated_on_training_images(data_yaml, teacher_pt, tmp_path):
+    """--int8: a QDQ INT8 file about a quarter of the fp32 one, weights int8, the head's decoding left in fp32 (so the
+    class probabilities survive), run by onnxruntime on the CPU, compared on the same images and validated."""
+    import shutil
+
+    import onnx
+
+    from distill.deploy.export import main
+    from distill.deploy.quantize import head_decoding_nodes
+
+    weights = tmp_path / "teacher.pt"
+    shutil.copyfile(teacher_pt, weights)
+    assert main([str(weights), "--data", data_yaml, "--imgsz", "64", "--images", "4", "--int8", "8"]) == 0
+    report = json.loads(weights.with_suffix(".parity.json").read_text())
+    int8 = report["int8"]
+    assert Path(int8["onnx"]).is_file() and int8["calibration_images"] == 8
+    assert int8["onnx_mb"] < 0.4 * report["onnx_mb"]
+    graph = onnx.load(int8["onnx"]).graph
+    dequantized = {out for n in graph.node if n.op_type == "DequantizeLinear" for out in n.output}  # int8 -> float
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert sum(n.input[1] in dequantized for n in convs) >= len(convs) - 1  # all but the DFL's fixed 1x1 conv
+    kept = head_decoding_nodes(report["onnx"])
+    assert kept and not any(n.op_type == "Conv" and ("/cv2." in n.name or "/cv3." in n.name) for n in graph.node
+                            if n.name in kept)
+    assert int8["max_score_diff"] < 0.1 and 0 <= report["map50_95_int8"] <= 1
