@@ -66,3 +66,36 @@ def test_an_int8_onnx_calibrated_on_training_images(data_yaml, teacher_pt, tmp_p
     assert kept and not any(n.op_type == "Conv" and ("/cv2." in n.name or "/cv3." in n.name) for n in graph.node
                             if n.name in kept)
     assert int8["max_score_diff"] < 0.1 and 0 <= report["map50_95_int8"] <= 1
+
+
+def test_the_stage_report_measures_every_stage_side_by_side(data_yaml, teacher_pt, tmp_path, capsys):
+    """Checkpoints and ONNX files in one report: sizes (a pruned model smaller), times, mAP as Ultralytics validates
+    it; JSON, Markdown and PNG written; a bad stage fails before anything is measured."""
+    import shutil
+
+    from ultralytics import YOLO as PlainYOLO
+
+    from distill.deploy.report import main
+
+    pytest.importorskip("torch_pruning")
+    from distill.deploy.prune import prune_checkpoint
+
+    weights = tmp_path / "model.pt"
+    shutil.copyfile(teacher_pt, weights)
+    onnx_file = PlainYOLO(str(weights)).export(format="onnx", imgsz=64, verbose=False)
+    pruned = prune_checkpoint(weights, 0.5, tmp_path / "pruned.pt", imgsz=64)
+    out = tmp_path / "report"
+    assert main(["--data", data_yaml, "--imgsz", "64", "--images", "2", "--rounds", "2", "--out", str(out),
+                 "--stage", f"model={weights}", "--stage", f"pruned={pruned}", "--stage", f"onnx={onnx_file}"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    rows = report["stages"]
+    assert list(rows) == ["model", "pruned", "onnx"] and all(r["ms_per_image"] > 0 for r in rows.values())
+    assert rows["pruned"]["params_m"] < 0.4 * rows["model"]["params_m"] and rows["onnx"]["gflops"] is None
+    assert rows["onnx"]["params_m"] == pytest.approx(rows["model"]["params_m"], rel=0.01)
+    direct = PlainYOLO(str(weights)).val(data=data_yaml, imgsz=64, batch=1, rect=False, plots=False, verbose=False)
+    assert rows["model"]["map50_95"] == pytest.approx(direct.box.map, abs=1e-6)
+    assert "| pruned |" in (out / "report.md").read_text() and (out / "report.png").stat().st_size > 1000
+    assert "time vs first" in capsys.readouterr().out
+    assert main(["--data", data_yaml, "--stage", "model", "--out", str(tmp_path / "bad")]) == 2
+    assert main(["--data", data_yaml, "--stage", f"x={tmp_path / 'gone.pt'}", "--out", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()
