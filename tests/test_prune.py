@@ -34,13 +34,18 @@ assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "weight
 metrics = model.val(data=sys.argv[2], imgsz=64, batch=8, plots=False, verbose=False, project=sys.argv[3], name="val")
 assert 0 <= metrics.box.map <= 1
 exported = model.export(format="torchscript", imgsz=64)
+trainer.train()  # plain Ultralytics training of the pruned checkpoint, one epoch: it keeps the pruned widths
+trained = torch.load(trainer.last, weights_only=False)["model"]
+widths = lambda m: [c.out_channels for c in m.modules() if isinstance(c, torch.nn.Conv2d)]
+assert widths(trained) == widths(model.model), "the trained model has other widths"
 print("PLAIN OK", sum(p.numel() for p in model.model.parameters()), exported)
 """
 
 
 def test_a_pruned_checkpoint_is_a_plain_ultralytics_one(teacher_pt, data_yaml, tmp_path):
     """Half the channels of each group go (about a quarter of the parameters stay); the result loads, validates,
-    exports and is rebuilt from its own YAML with every weight by plain Ultralytics (what its trainer does first)."""
+    exports, is rebuilt from its own YAML with every weight and trains with its pruned widths, all by plain
+    Ultralytics."""
     out = prune_checkpoint(teacher_pt, 0.5, tmp_path / "pruned.pt", imgsz=64)
     before = sum(p.numel() for p in YOLO(teacher_pt).model.parameters())
     ckpt = torch.load(out, map_location="cpu", weights_only=False)
