@@ -1,4 +1,4 @@
-"""Structured channel pruning of a YOLOv8-style detection checkpoint, into a plain Ultralytics checkpoint.
+"""Structured channel pruning of a YOLOv8 or YOLO11 detection checkpoint, into a plain Ultralytics checkpoint.
 
     python -m distill.deploy.prune runs/exp/weights/best.pt --ratio 0.5            # -> best-pruned50.pt
 
@@ -10,18 +10,22 @@ silently train from random weights. So the pruned widths are written into the mo
 width and depth multiples 1), the model is rebuilt from that YAML and the pruned weights are loaded into it strictly,
 and the two must compute the same outputs; a model that cannot be written that way is refused.
 
-Two structures need care:
-- C2f splits its first conv's output in two equal halves (`chunk(2)`), which torch-pruning cannot trace, and its
-  bottlenecks are as wide as one half. While pruning, that conv is held as two convs, one per half; every group is
-  pruned at the same ratio, so the halves and the bottlenecks keep equal widths, and the halves are joined again.
-- Widths a module derives from others are left out of the pruning and then cut to what the YAML will rebuild:
-  SPPF's hidden width (its input // 2) and Detect's (c2 = max(16, ch0 // 4, 4 reg_max), c3 = max(ch0, min(nc, 100))).
+Three structures need care:
+- C2f (and YOLO11's C3k2, a C2f) splits its first conv's output in two equal halves (`chunk(2)`), which
+  torch-pruning cannot trace. While pruning, that conv is held as two convs, one per half; every group is pruned at
+  the same ratio, so the halves keep equal widths, and they are joined again.
+- Widths a module derives from others are left out of the pruning and then cut to what the YAML will rebuild: the
+  blocks inside a C2f/C3k2 (each as wide as the half, with hidden widths a fixed fraction of it: a C2f bottleneck's
+  1, a C3k2 bottleneck's 1/2, a C3k's 1/2), SPPF's hidden width (its input // 2) and the Detect head's
+  (c2 = max(16, ch0 // 4, 4 reg_max), c3 = max(ch0, min(nc, 100))).
+- YOLO11's C2PSA (attention, whose head count follows its width) is kept whole, with the width it is fed.
 
 `--ratio` is the fraction of each group's channels removed, rounded down to a multiple of 8 kept (a group that would
 keep fewer than 8 is left as it is).
 
-Supported: models built only from Conv, C2f, SPPF, Concat, Upsample and a Detect head without an end-to-end branch
-(YOLOv8 detection). Others (YOLO11's C3k2/C2PSA, YOLO26, segment/pose/OBB heads) are refused with a clear message. Needs the `deploy` extra
+Supported: detection models built only from Conv, C2f, C3k2 (without attention), SPPF, C2PSA, Concat, Upsample and
+a Detect head without an end-to-end branch (YOLOv8, YOLO11). Others (YOLO26, segment/pose/OBB heads, ...) are
+refused with a clear message. Needs the `deploy` extra
 (`pip install 'yolo-distill[deploy]'`: torch-pruning).
 """
 
@@ -32,29 +36,30 @@ import copy
 import sys
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from distill.distiller import MODULES_ATTR
 
-SUPPORTED = ("Conv", "C2f", "SPPF", "Concat", "Upsample", "Detect")
+SUPPORTED = ("Conv", "C2f", "C3k2", "SPPF", "C2PSA", "Concat", "Upsample", "Detect")
 
 
 def check_prunable(model: nn.Module) -> None:
     """ValueError unless every layer of `model` is one this pruner knows how to write back as YAML."""
-    from ultralytics.nn.modules import Conv, Detect
+    from ultralytics.nn.modules import Bottleneck, C3k2, Detect
+    from ultralytics.nn.modules.block import C3k
 
     others = sorted({type(m).__name__ for m in model.model if type(m).__name__ not in SUPPORTED})
     head = model.model[-1]
     if others or type(head) is not Detect:
-        raise ValueError(f"pruning supports YOLOv8-style detection models ({', '.join(SUPPORTED)}); this one has "
-                         f"{', '.join(others) or type(head).__name__}. Prune a yolov8 detection checkpoint.")
-    # the class branch's form, from its layers (Ultralytics keeps `legacy` on the Detect class, shared by all models)
-    if getattr(head, "one2one_cv2", None) is not None or not isinstance(head.cv3[0][0], Conv):
-        raise ValueError("pruning supports the YOLOv8 Detect head without an end-to-end (one-to-one) branch; this "
-                         "head has one, or the newer depthwise class branch.")
+        raise ValueError(f"pruning supports YOLOv8/YOLO11 detection models ({', '.join(SUPPORTED)}); this one has "
+                         f"{', '.join(others) or type(head).__name__}. Prune a yolov8 or yolo11 detection checkpoint.")
+    if getattr(head, "one2one_cv2", None) is not None:
+        raise ValueError("pruning supports Detect heads without an end-to-end (one-to-one) branch; this one has one.")
+    if any(isinstance(b, C3k2) and not all(isinstance(m, (Bottleneck, C3k)) for m in b.m) for b in model.model):
+        raise ValueError("pruning supports C3k2 blocks of bottlenecks or C3k, not the attention form (YOLO26's).")
 
 
 def _split_c2f(block: nn.Module) -> None:
@@ -111,21 +116,56 @@ def _cut_outputs(graph: Any, conv: nn.Conv2d, keep: int) -> None:
     graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=idxs).prune()
 
 
-def _fit_derived_widths(model: nn.Module, example: torch.Tensor) -> None:
-    """Cut the widths modules derive from their inputs to what the YAML rebuilds: SPPF's hidden width (input // 2),
+def derived_convs(model: nn.Module) -> list[tuple[nn.Module, Callable[[], int]]]:
+    """(conv, its width as the YAML rebuilds it) for every conv whose width derives from another's: the blocks inside
+    each C2f/C3k2 (from the block's half width), SPPF's hidden conv. Read before pruning (the fractions), evaluated
+    after it (the widths)."""
+    from ultralytics.nn.modules import C2f
+    from ultralytics.nn.modules.block import C3k
+
+    out: list[tuple[nn.Module, Callable[[], int]]] = []
+    for block in (m for m in model.model if isinstance(m, C2f)):
+        def half(block: nn.Module = block) -> int:
+            return block.half_a.conv.out_channels if hasattr(block, "half_a") else block.c
+
+        for m in block.m:
+            if isinstance(m, C3k):  # C3(c, c, e=0.5): two hidden convs of c // 2, bottlenecks as wide, out as the half
+                inner = lambda h=half: int(h() * 0.5)  # noqa: E731  (bound now: `half` is rebound per block)
+                out += [(m.cv1, inner), (m.cv2, inner), (m.cv3, half)]
+                out += [(b.cv1, inner) for b in m.m] + [(b.cv2, inner) for b in m.m]
+            else:  # a bottleneck: hidden width a fixed fraction of the half (1 in C2f, 1/2 in C3k2), out the half
+                fraction = m.cv1.conv.out_channels / block.c
+                out += [(m.cv1, lambda f=fraction, h=half: int(h() * f)), (m.cv2, half)]
+    for sppf in (m for m in model.model if type(m).__name__ == "SPPF"):
+        out.append((sppf.cv1, lambda c=sppf.cv1: c.conv.in_channels // 2))
+    return out
+
+
+def kept_whole(model: nn.Module) -> list[nn.Module]:
+    """C2PSA blocks and the conv that feeds each (its width must stay the block's): never pruned."""
+    out = []
+    for i, layer in enumerate(model.model):
+        if type(layer).__name__ == "C2PSA":
+            feeder = model.model[layer.f if layer.f != -1 else i - 1]
+            out += [layer, next(m for m in (getattr(feeder, "cv2", None), feeder) if hasattr(m, "conv"))]
+    return out
+
+
+def _fit_derived_widths(model: nn.Module, example: torch.Tensor, derived: list) -> None:
+    """Cut the widths modules derive from others to what the YAML rebuilds: the `derived` convs (see derived_convs),
     Detect's hidden convs (from its first input width and the class count)."""
     import torch_pruning as tp
 
     graph = tp.DependencyGraph().build_dependency(model, example_inputs=example, forward_fn=_forward)
-    for sppf in (m for m in model.model if type(m).__name__ == "SPPF"):
-        _cut_outputs(graph, sppf.cv1.conv, sppf.cv1.conv.in_channels // 2)
+    for conv, width in derived:
+        _cut_outputs(graph, conv.conv, width())
     head = model.model[-1]
     ch0 = head.cv2[0][0].conv.in_channels
     c2, c3 = max(16, ch0 // 4, head.reg_max * 4), max(ch0, min(head.nc, 100))
     for i in range(head.nl):
         for branch, width in ((head.cv2[i], c2), (head.cv3[i], c3)):
-            for conv in (branch[0].conv, branch[1].conv):
-                _cut_outputs(graph, conv, width)
+            for stage in (branch[0], branch[1]):  # Conv (YOLOv8), or DWConv then a 1x1 Conv (YOLO11)
+                _cut_outputs(graph, (stage[-1] if isinstance(stage, nn.Sequential) else stage).conv, width)
 
 
 def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -135,7 +175,8 @@ def _forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def pruned_yaml(model: nn.Module) -> dict:
     """The model's YAML with every layer's channels as they are now (width and depth multiples 1, no scales)."""
-    from ultralytics.nn.modules import C2f, Conv
+    from ultralytics.nn.modules import C2f, C3k2, Conv
+    from ultralytics.nn.modules.block import C3k
 
     cfg = copy.deepcopy(model.yaml)
     for key in ("scales", "scale", "yaml_file"):
@@ -145,6 +186,10 @@ def pruned_yaml(model: nn.Module) -> dict:
     for row, layer in zip(rows, model.model):
         if isinstance(layer, Conv):
             row[3] = [layer.conv.out_channels, *row[3][1:]]
+        elif isinstance(layer, C3k2):
+            # C3k2(c1, c2, n, c3k, e, attn, g, shortcut): half width int(c2 * e), as for C2f below
+            c2 = layer.cv2.conv.out_channels
+            row[1], row[3] = len(layer.m), [c2, isinstance(layer.m[0], C3k), (layer.c + 0.5) / c2, *row[3][3:]]
         elif isinstance(layer, C2f):
             c2 = layer.cv2.conv.out_channels
             shortcut = layer.m[0].add if len(layer.m) else False
@@ -153,6 +198,8 @@ def pruned_yaml(model: nn.Module) -> dict:
             row[1], row[3] = len(layer.m), [c2, shortcut, groups, (layer.c + 0.5) / c2]
         elif type(layer).__name__ == "SPPF":
             row[3] = [layer.cv2.conv.out_channels, *row[3][1:]]
+        elif type(layer).__name__ == "C2PSA":  # kept whole: its real width and block count, without the scale
+            row[1], row[3] = len(layer.m), [layer.cv2.conv.out_channels, *row[3][1:]]
     n_back = len(cfg["backbone"])
     cfg["backbone"], cfg["head"] = rows[:n_back], rows[n_back:]
     return cfg
@@ -217,13 +264,14 @@ def prune_model(model: nn.Module, ratio: float, imgsz: int = 640) -> nn.Module:
     if imgsz % stride:
         raise ValueError(f"--imgsz {imgsz} must be a multiple of the model's largest stride ({stride}).")
     example = torch.rand(1, model.yaml.get("channels", 3), imgsz, imgsz)
-    derived = [m.cv1 for m in model.model if type(m).__name__ == "SPPF"]  # widths set afterwards from their inputs
+    derived = derived_convs(model)  # widths set afterwards from the ones they derive from
     pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
-                                  ignored_layers=[model.model[-1], *derived], round_to=8, forward_fn=_forward)
+                                  ignored_layers=[model.model[-1], *kept_whole(model), *(c for c, _ in derived)],
+                                  round_to=8, forward_fn=_forward)
     pruner.step()
+    _fit_derived_widths(model, example, derived)
     for block in blocks:
         _join_c2f(block)
-    _fit_derived_widths(model, example)
     return rebuild(model, pruned_yaml(model))
 
 
