@@ -53,7 +53,10 @@ def test_a_pruned_checkpoint_is_a_plain_ultralytics_one(source, data_yaml, tmp_p
     ckpt = torch.load(out, map_location="cpu", weights_only=False)
     model = ckpt["model"].float()
     after = sum(p.numel() for p in model.parameters())
-    assert 0.15 * before < after < (0.4 if source == "teacher_pt" else 0.6) * before  # yolo11's C2PSA stays whole
+    assert 0.15 * before < after < (0.4 if source == "teacher_pt" else 0.5) * before  # yolo11's C2PSA stays whole
+    head, original = model.model[-1], YOLO(teacher_pt).model.model[-1]
+    assert [head.cv2[i][0].conv.in_channels * 2 for i in range(head.nl)] == [original.cv2[i][0].conv.in_channels
+                                                                          for i in range(head.nl)]  # the neck halved
     assert ckpt["pruned"] == [{"from": teacher_pt, "ratio": 0.5}] and model.yaml["width_multiple"] == 1.0
     assert not any(p.requires_grad for p in model.parameters())
     done = subprocess.run([sys.executable, "-c", PLAIN_RETRAIN, str(out), data_yaml, str(tmp_path / "runs")],
@@ -64,14 +67,14 @@ def test_a_pruned_checkpoint_is_a_plain_ultralytics_one(source, data_yaml, tmp_p
     assert [step["ratio"] for step in torch.load(again, weights_only=False)["pruned"]] == [0.5, 0.5]
 
 
-@pytest.mark.parametrize(("yaml_file", "activation", "ratios"), [
-    ("yolov8n.yaml", None, (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
-    ("yolov8n.yaml", "nn.ReLU()", (0.3, 0.6)),
-    ("yolo11n.yaml", None, (0.2, 0.5, 0.7)),  # C3k2 of bottlenecks and of C3k, C2PSA, the depthwise class branch
+@pytest.mark.parametrize(("yaml_file", "nc", "activation", "ratios"), [
+    ("yolov8n.yaml", 80, None, (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)),
+    ("yolov8n.yaml", 3, "nn.ReLU()", (0.3, 0.6)),  # 3 classes: the head's class width follows its input
+    ("yolo11n.yaml", 80, None, (0.2, 0.5, 0.7)),  # C3k2 of bottlenecks and of C3k, C2PSA, the depthwise class branch
 ])
-def test_every_ratio_gives_a_model_its_yaml_rebuilds(yaml_file, activation, ratios):
-    """COCO-sized models (80 classes) over the ratios: the derived widths follow the ones they derive from (inside
-    C2f/C3k2, SPPF, Detect), every other width is a multiple of 8, the model shrinks with the ratio, and the rebuild
+def test_every_ratio_gives_a_model_its_yaml_rebuilds(yaml_file, nc, activation, ratios):
+    """Over the ratios: the derived widths follow the ones they derive from (inside C2f/C3k2, SPPF, Detect), the
+    blocks' halves stay multiples of 8, the head's inputs shrink, the model shrinks with the ratio, and the rebuild
     from the written YAML (strict load, every layer's output compared inside prune_model) succeeds; the YAML's
     activation is kept."""
     from ultralytics.nn.modules import SPPF, C2f, Conv
@@ -80,7 +83,7 @@ def test_every_ratio_gives_a_model_its_yaml_rebuilds(yaml_file, activation, rati
     cfg = yaml_model_load(yaml_file)
     if activation:
         cfg["activation"] = activation
-    model = DetectionModel(cfg, nc=80, verbose=False)
+    model = DetectionModel(cfg, nc=nc, verbose=False)
     sizes = []
     for ratio in ratios:
         pruned = prune_model(model, ratio, imgsz=64)
@@ -90,9 +93,13 @@ def test_every_ratio_gives_a_model_its_yaml_rebuilds(yaml_file, activation, rati
         assert all(block.cv1.conv.out_channels % 16 == 0 for block in blocks), ratio  # two halves of multiples of 8
         assert all(all(m.cv2.conv.out_channels == block.c for m in block.m) if not hasattr(block.m[0], "cv3") else
                    all(m.cv3.conv.out_channels == block.c for m in block.m) for block in blocks)  # as wide as the half
-        head = pruned.model[-1]
+        head, before = pruned.model[-1], model.model[-1]
         last = lambda stage: (stage[-1] if isinstance(stage, torch.nn.Sequential) else stage).conv  # noqa: E731
-        assert last(head.cv3[0][0]).out_channels == max(head.cv2[0][0].conv.in_channels, 80)
+        ch0 = head.cv2[0][0].conv.in_channels
+        # the head's first input shrinks, except where its group would keep fewer than 8 (left whole, at 0.9)
+        assert (ch0 < before.cv2[0][0].conv.in_channels) if ratio <= 0.8 else (ch0 <= before.cv2[0][0].conv.in_channels)
+        assert last(head.cv3[0][0]).out_channels == max(ch0, min(nc, 100))
+        assert head.cv2[0][0].conv.out_channels == max(16, ch0 // 4, 64)
         if activation:
             assert all(isinstance(m.act, torch.nn.ReLU) for m in pruned.modules() if isinstance(m, Conv))
         sizes.append(sum(p.numel() for p in pruned.parameters()))
@@ -119,6 +126,11 @@ def test_models_the_pruner_cannot_write_back_are_refused(tmp_path, capsys):
 
     with pytest.raises(ValueError, match="Detect heads without an end-to-end"):
         prune_model(DetectionModel("yolo26n.yaml", nc=3, verbose=False), 0.5)
+    from ultralytics.nn.tasks import yaml_model_load
+
+    dense = {**yaml_model_load("yolo26n.yaml"), "end2end": False}  # YOLO26 without the one-to-one branch
+    with pytest.raises(ValueError, match="not the attention form"):
+        prune_model(DetectionModel(dense, nc=3, verbose=False), 0.5)
     with pytest.raises(ValueError, match="this one has Segment"):
         prune_model(DetectionModel("yolov8n-seg.yaml", nc=3, verbose=False), 0.5)
     for ratio in (0.0, 1.0, 1.5):

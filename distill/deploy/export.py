@@ -1,10 +1,11 @@
 """Export a student checkpoint to ONNX with Ultralytics' own exporter, and check that the file computes what the
 checkpoint computes: the decoded head output on the same letterboxed validation images, and mAP on the val split
-(both at the export's fixed square input size). With `--int8 N`, also an INT8 ONNX file for CPUs
-(distill/deploy/quantize.py), calibrated on N training images, with the same checks. Writes `<model>.parity.json`
-beside the ONNX file.
+(both at the export's fixed square input size). With `--int8`, also Ultralytics' INT8 ONNX file for CPUs
+(`export(format="onnx", quantize=8)`: onnxruntime static quantization of the convolutions, calibrated here on the
+training split; the head's decoding stays in fp32), with the same checks. Writes `<model>.parity.json` beside the
+ONNX file.
 
-    python -m distill.deploy.export runs/distill/exp/weights/best.pt --data data.yaml --imgsz 640 --int8 128
+    python -m distill.deploy.export runs/distill/exp/weights/best.pt --data data.yaml --imgsz 640 --int8
 
 Needs the `export` extra (`pip install 'yolo-distill[export]'`: onnx, onnxruntime, onnxslim).
 """
@@ -21,11 +22,11 @@ import numpy as np
 import torch
 
 
-def val_images(data: str | Path, n: int, split_name: str = "val") -> list[Path]:
-    """The first `n` images of a dataset's split (validation by default; sorted by name)."""
+def val_images(data: str | Path, n: int) -> list[Path]:
+    """The first `n` validation images of a dataset (sorted by name)."""
     from ultralytics.data.utils import IMG_FORMATS, check_det_dataset
 
-    split = check_det_dataset(str(data))[split_name]
+    split = check_det_dataset(str(data))["val"]
     files = []
     for entry in map(Path, split if isinstance(split, list) else [split]):
         if entry.suffix == ".txt":  # a list of image paths, relative to the list's folder (as in coco.yaml)
@@ -34,7 +35,7 @@ def val_images(data: str | Path, n: int, split_name: str = "val") -> list[Path]:
             files += [f for f in entry.rglob("*") if f.suffix[1:].lower() in IMG_FORMATS]
     files = sorted(f for f in files if f.suffix[1:].lower() in IMG_FORMATS)
     if not files:
-        raise ValueError(f"{data}: no {split_name} images to compare or calibrate the export on.")
+        raise ValueError(f"{data}: no validation images to compare the export on.")
     return files[:n]
 
 
@@ -78,23 +79,24 @@ def onnx_parity(weights: str | Path, onnx_path: str | Path, images: list[Path], 
 
 
 def export_onnx(weights: str | Path, data: str | Path, imgsz: int, images: int = 8, validate: bool = True,
-                int8: int = 0) -> dict[str, Any]:
+                int8: bool = False, calibration_fraction: float = 1.0) -> dict[str, Any]:
     """ONNX file of `weights` (next to it), its output parity on `images` validation images, and both mAPs; with
-    `int8` > 0 also an INT8 ONNX file calibrated on that many training images, with its parity and mAP."""
+    `int8` also Ultralytics' INT8 ONNX file, calibrated on that fraction of the training split, with its parity and
+    mAP."""
     from ultralytics import YOLO
 
-    from distill.deploy.quantize import quantize_int8
-
     weights = Path(weights)
+    # INT8 first: Ultralytics' INT8 export writes the fp32 file under the same name on its way and removes it after
+    int8_path = Path(YOLO(str(weights)).export(format="onnx", imgsz=imgsz, dynamic=False, quantize=8, data=str(data),
+                                               split="train", fraction=calibration_fraction, verbose=False)) if int8 else None
     onnx_path = Path(YOLO(str(weights)).export(format="onnx", imgsz=imgsz, dynamic=False, verbose=False))
     compared = val_images(data, images)
     report: dict[str, Any] = {"weights": str(weights), "onnx": str(onnx_path), "imgsz": imgsz,
                               "onnx_mb": round(onnx_path.stat().st_size / 2**20, 2),
                               **onnx_parity(weights, onnx_path, compared, imgsz)}
     files = [("pt", weights), ("onnx", onnx_path)]
-    if int8 > 0:
-        int8_path = quantize_int8(onnx_path, val_images(data, int8, "train"), imgsz)
-        report["int8"] = {"onnx": str(int8_path), "calibration_images": int8,
+    if int8_path is not None:
+        report["int8"] = {"onnx": str(int8_path), "calibration": {"split": "train", "fraction": calibration_fraction},
                           "onnx_mb": round(int8_path.stat().st_size / 2**20, 2),
                           **onnx_parity(weights, int8_path, compared, imgsz)}
         files.append(("int8", int8_path))
@@ -115,13 +117,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--imgsz", type=int, default=640)
     p.add_argument("--images", type=int, default=8, help="validation images for the output comparison")
     p.add_argument("--no-val", action="store_true", help="skip the mAP of the models")
-    p.add_argument("--int8", type=int, default=0, metavar="N", help="also an INT8 ONNX file (onnxruntime static "
-                   "quantization), calibrated on the first N training images (e.g. 128)")
+    p.add_argument("--int8", action="store_true", help="also Ultralytics' INT8 ONNX file (onnxruntime static "
+                   "quantization), calibrated on the training split")
+    p.add_argument("--calibration-fraction", type=float, default=1.0, help="with --int8: the fraction of the training "
+                   "split to calibrate on")
     a = p.parse_args(argv)
     if not Path(a.weights).is_file():
         p.error(f"{a.weights}: no such checkpoint.")
     try:
-        report = export_onnx(a.weights, a.data, a.imgsz, a.images, validate=not a.no_val, int8=a.int8)
+        report = export_onnx(a.weights, a.data, a.imgsz, a.images, validate=not a.no_val, int8=a.int8,
+                             calibration_fraction=a.calibration_fraction)
     except (ValueError, FileNotFoundError) as e:
         p.error(str(e))
     Path(report["onnx"]).with_suffix(".parity.json").write_text(json.dumps(report, indent=1))

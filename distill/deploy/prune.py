@@ -104,15 +104,16 @@ def _join_c2f(block: nn.Module) -> None:
 
 
 def _cut_outputs(graph: Any, conv: nn.Conv2d, keep: int) -> None:
-    """Remove the output channels of `conv` with the smallest L2 weight norm until `keep` remain (and everything
-    that consumes them, through torch-pruning's dependency graph)."""
+    """Remove the output channels of `conv` of the smallest L2 weight norm over their whole group (every layer they
+    reach, through torch-pruning's dependency graph) until `keep` remain."""
     import torch_pruning as tp
 
     drop = conv.out_channels - keep
     if drop <= 0:
         return
-    norms = conv.weight.detach().flatten(1).norm(dim=1)
-    idxs = norms.argsort()[:drop].tolist()
+    whole = graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=list(range(conv.out_channels)))
+    score = tp.importance.MagnitudeImportance(p=2)(whole)  # over every layer the channels reach, as in the pruning
+    idxs = score.argsort()[:drop].tolist()
     graph.get_pruning_group(conv, tp.prune_conv_out_channels, idxs=idxs).prune()
 
 
@@ -120,7 +121,7 @@ def derived_convs(model: nn.Module) -> list[tuple[nn.Module, Callable[[], int]]]
     """(conv, its width as the YAML rebuilds it) for every conv whose width derives from another's: the blocks inside
     each C2f/C3k2 (from the block's half width), SPPF's hidden conv. Read before pruning (the fractions), evaluated
     after it (the widths)."""
-    from ultralytics.nn.modules import C2f
+    from ultralytics.nn.modules import C2f, C3k2
     from ultralytics.nn.modules.block import C3k
 
     out: list[tuple[nn.Module, Callable[[], int]]] = []
@@ -134,11 +135,22 @@ def derived_convs(model: nn.Module) -> list[tuple[nn.Module, Callable[[], int]]]
                 out += [(m.cv1, inner), (m.cv2, inner), (m.cv3, half)]
                 out += [(b.cv1, inner) for b in m.m] + [(b.cv2, inner) for b in m.m]
             else:  # a bottleneck: hidden width a fixed fraction of the half (1 in C2f, 1/2 in C3k2), out the half
-                fraction = m.cv1.conv.out_channels / block.c
+                fraction = 0.5 if isinstance(block, C3k2) else 1.0
                 out += [(m.cv1, lambda f=fraction, h=half: int(h() * f)), (m.cv2, half)]
     for sppf in (m for m in model.model if type(m).__name__ == "SPPF"):
         out.append((sppf.cv1, lambda c=sppf.cv1: c.conv.in_channels // 2))
     return out
+
+
+def head_layers_kept(head: nn.Module) -> list[nn.Module]:
+    """The Detect head's layers whose outputs the pruning leaves (their widths are cut afterwards to what Detect
+    derives). Not a YOLO11 class branch's first, depthwise conv: its width is its input's, and torch-pruning prunes a
+    depthwise conv's input and output as one, so keeping it would keep the neck's outputs whole as well."""
+    kept: list[nn.Module] = [head.cv2, head.dfl]
+    for branch in head.cv3:
+        first = branch[0]
+        kept += [first[1:], *branch[1:]] if isinstance(first, nn.Sequential) else list(branch)
+    return kept
 
 
 def kept_whole(model: nn.Module) -> list[nn.Module]:
@@ -146,8 +158,13 @@ def kept_whole(model: nn.Module) -> list[nn.Module]:
     out = []
     for i, layer in enumerate(model.model):
         if type(layer).__name__ == "C2PSA":
-            feeder = model.model[layer.f if layer.f != -1 else i - 1]
-            out += [layer, next(m for m in (getattr(feeder, "cv2", None), feeder) if hasattr(m, "conv"))]
+            if not isinstance(layer.f, int):
+                raise ValueError(f"layer {i} (C2PSA) takes several inputs; the pruner supports one.")
+            feeder = model.model[layer.f if layer.f >= 0 else i + layer.f]  # Ultralytics' `f` counts back from i
+            conv = next((m for m in (getattr(feeder, "cv2", None), feeder) if hasattr(m, "conv")), None)
+            if conv is None:
+                raise ValueError(f"layer {i} (C2PSA) is fed by a {type(feeder).__name__}; the pruner needs a conv there.")
+            out += [layer, conv]
     return out
 
 
@@ -266,8 +283,8 @@ def prune_model(model: nn.Module, ratio: float, imgsz: int = 640) -> nn.Module:
     example = torch.rand(1, model.yaml.get("channels", 3), imgsz, imgsz)
     derived = derived_convs(model)  # widths set afterwards from the ones they derive from
     pruner = tp.pruner.MetaPruner(model, example, importance=tp.importance.MagnitudeImportance(p=2), pruning_ratio=ratio,
-                                  ignored_layers=[model.model[-1], *kept_whole(model), *(c for c, _ in derived)],
-                                  round_to=8, forward_fn=_forward)
+                                  ignored_layers=[*head_layers_kept(model.model[-1]), *kept_whole(model),
+                                                  *(c for c, _ in derived)], round_to=8, forward_fn=_forward)
     pruner.step()
     _fit_derived_widths(model, example, derived)
     for block in blocks:

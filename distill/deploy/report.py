@@ -4,11 +4,13 @@
         --stage teacher=t.pt --stage student=s.pt --stage pruned=s-pruned50.pt --stage "pruned+distilled=d.pt" \\
         --stage onnx=d.onnx --stage int8=d-int8.onnx
 
-For each stage: parameters and GFLOPs (checkpoints; an ONNX file's parameters are its stored weights), file size,
-CPU milliseconds per image and mAP50-95 / mAP50 on the val split. The times are taken in one process, round by round
-over the stages in turn on the same letterboxed validation images (so a machine that slows down slows every stage
-alike), with the same number of threads for torch and onnxruntime, and the median is reported: compare them as
-ratios, and expect other absolute figures on another CPU. Writes report.json, report.md and report.png.
+For each stage: parameters and GFLOPs (checkpoints; an ONNX file has its checkpoint's), file size, CPU milliseconds
+per image and mAP50-95 / mAP50 on the val split (the stage's own task's metric). The times are taken in one
+process, round by round over the stages (in a rotating order) on the same letterboxed validation images, so a
+machine that slows down slows every stage alike; checkpoints run fused (Conv+BN, as exported and as Ultralytics
+predicts), with the same number of threads for torch and onnxruntime (no spinning threads), and the median is
+reported: compare them as ratios, and expect other absolute figures on another CPU. Writes report.json, report.md
+and report.png.
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ def runner(path: Path, threads: int) -> Callable[[torch.Tensor], Any]:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads would steal CPU
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
         return lambda x: session.run(None, {name: x.numpy()})
     from ultralytics import YOLO
 
-    net = YOLO(str(path)).model.float().eval()
+    net = YOLO(str(path)).model.float().fuse(verbose=False).eval()
 
     def run(x: torch.Tensor) -> Any:
         with torch.no_grad():
@@ -56,13 +59,10 @@ def runner(path: Path, threads: int) -> Callable[[torch.Tensor], Any]:
 
 
 def size_of(path: Path, imgsz: int) -> dict[str, float | None]:
-    """Parameters (millions), GFLOPs at imgsz (checkpoints only) and file size (MB) of one stage."""
+    """Parameters (millions) and GFLOPs at imgsz of a checkpoint (None for an ONNX file: it is its checkpoint's
+    network, with BatchNorm folded), and the file size (MB)."""
     if path.suffix == ".onnx":
-        import onnx
-        from onnx import numpy_helper
-
-        params = sum(numpy_helper.to_array(t).size for t in onnx.load(str(path)).graph.initializer)
-        return {"params_m": params / 1e6, "gflops": None, "file_mb": path.stat().st_size / 2**20}
+        return {"params_m": None, "gflops": None, "file_mb": path.stat().st_size / 2**20}
     from ultralytics import YOLO
     from ultralytics.utils.torch_utils import get_flops, get_num_params
 
@@ -75,19 +75,37 @@ def time_stages(paths: dict[str, Path], images: list[Path], imgsz: int, rounds: 
     """Median ms per image of each stage, measured in interleaved rounds over the same images (after one warm-up)."""
     from distill.deploy.export import letterboxed
 
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    inputs = [letterboxed(image, imgsz) for image in images]
-    runs = {name: runner(path, threads) for name, path in paths.items()}
-    for run in runs.values():
-        run(inputs[0])  # warm-up: first-call allocations and kernel choices
-    samples: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(rounds):
-        for name, run in runs.items():
-            t0 = time.perf_counter()
-            for x in inputs:
+    try:
+        inputs = [letterboxed(image, imgsz) for image in images]
+        runs = {name: runner(path, threads) for name, path in paths.items()}
+        for run in runs.values():
+            for x in inputs[:3]:  # warm-up: first-call allocations and kernel choices
                 run(x)
-            samples[name].append(1000 * (time.perf_counter() - t0) / len(inputs))
+        samples: dict[str, list[float]] = {name: [] for name in runs}
+        names = list(runs)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:  # each stage takes each slot in turn
+                t0 = time.perf_counter()
+                for x in inputs:
+                    runs[name](x)
+                samples[name].append(1000 * (time.perf_counter() - t0) / len(inputs))
+    finally:
+        torch.set_num_threads(before)
     return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def stage_task(path: Path) -> str:
+    """The task of a checkpoint, or of an ONNX file from the metadata Ultralytics' exporter writes into it."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return meta.get("task", "detect")
+    from ultralytics import YOLO
+
+    return YOLO(str(path)).task
 
 
 def accuracy(path: Path, data: str, imgsz: int, project: Path) -> dict[str, float]:
@@ -96,9 +114,9 @@ def accuracy(path: Path, data: str, imgsz: int, project: Path) -> dict[str, floa
 
     from distill.compare import task_metric
 
-    metrics = YOLO(str(path), task="detect").val(data=data, imgsz=imgsz, batch=1, rect=False, plots=False, verbose=False,
-                                                 device="cpu", project=str(project), name=f"val-{path.stem}",
-                                                 exist_ok=True)
+    metrics = YOLO(str(path), task=stage_task(path)).val(data=data, imgsz=imgsz, batch=1, rect=False, plots=False,
+                                                         verbose=False, device="cpu", project=str(project),
+                                                         name=f"val-{path.stem}", exist_ok=True)
     score = task_metric(metrics)
     return {"map50_95": float(score.map), "map50": float(score.map50)}
 
@@ -148,7 +166,7 @@ def format_report(report: dict[str, Any]) -> str:
              "| stage | params (M) | GFLOPs | file (MB) | CPU ms/image | time vs first | mAP50-95 | mAP50 |",
              "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        lines.append(f"| {name} | {r['params_m']:.2f} | {num(r['gflops'], '.2f')} | {r['file_mb']:.1f} | "
+        lines.append(f"| {name} | {num(r['params_m'], '.2f')} | {num(r['gflops'], '.2f')} | {r['file_mb']:.1f} | "
                      f"{r['ms_per_image']:.1f} | {r['ms_per_image'] / first:.2f}x | {r['map50_95']:.4f} | {r['map50']:.4f} |")
     return "\n".join(lines)
 
