@@ -2,7 +2,7 @@
 
     python -m distill.deploy.report --data data.yaml --imgsz 640 --out runs/deploy \\
         --stage teacher=t.pt --stage student=s.pt --stage pruned=s-pruned50.pt --stage "pruned+distilled=d.pt" \\
-        --stage onnx=d.onnx --stage int8=d-int8.onnx
+        --stage onnx=d.onnx --stage int8=d_int8.onnx
 
 For each stage: parameters and GFLOPs (checkpoints; an ONNX file has its checkpoint's), file size, CPU milliseconds
 per image and mAP50-95 / mAP50 on the val split (the stage's own task's metric). The times are taken in one
