@@ -187,7 +187,7 @@ def test_real_heads_of_each_task_feed_their_own_term(task, param):
     with torch.no_grad():
         s, t = head_pairs(student(img), teacher(img))[0]
     s, t = ({**s, "kpt_shape": (4, 3)}, {**t, "kpt_shape": (4, 3)}) if task == "pose" else (s, t)
-    expected = KLLoss()(s, t) - KLLoss(**{param: 0.0})(s, t)  # the task term, from the models' own outputs
+    expected = KLLoss(**{param: 1.0})(s, t) - KLLoss(**{param: 0.0})(s, t)  # the task term, from their own outputs
     assert expected > 0
     assert values[1.0] - values[0.0] == pytest.approx(expected.item(), rel=1e-3)
 
