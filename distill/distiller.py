@@ -60,14 +60,15 @@ def keypoint_reading(head: nn.Module) -> dict:
     return {"kpt_shape": tuple(head.kpt_shape), "kpt_form": POSE26_FORM if isinstance(head, Pose26) else POSE_FORM}
 
 
-def task_outputs(student_head: nn.Module, teacher_head: nn.Module) -> str:
+def task_outputs(student_head: nn.Module, teacher_head: nn.Module, losses: list | None = None) -> str:
     """What the logit loss distils beyond scores and boxes for this pair of heads ('' for nothing): keypoints of
-    the same kpt_shape, rotated boxes, instance masks."""
-    kinds = [("keypoints", Pose, lambda s, t: list(s.kpt_shape) == list(t.kpt_shape)),
-             ("rotated boxes (1 - ProbIoU)", OBB, None),
-             ("instance masks", Segment, None)]
-    return ", ".join(name for name, head, same in kinds if isinstance(student_head, head)
-                     and isinstance(teacher_head, head) and (same is None or same(student_head, teacher_head)))
+    the same kpt_shape, rotated boxes, instance masks; with `losses`, only those whose weight is on in one of them."""
+    kinds = [("keypoints", Pose, lambda s, t: list(s.kpt_shape) == list(t.kpt_shape), "kpt_weight"),
+             ("rotated boxes (1 - ProbIoU)", OBB, None, "rbox_weight"),
+             ("instance masks", Segment, None, "mask_weight")]
+    return ", ".join(name for name, head, same, weight in kinds if isinstance(student_head, head)
+                     and isinstance(teacher_head, head) and (same is None or same(student_head, teacher_head))
+                     and (losses is None or any(getattr(loss, weight, 0) > 0 for loss in losses)))
 
 
 class Distiller:
@@ -188,7 +189,7 @@ class Distiller:
         if (getattr(sh, "one2one_cv2", None) is None) != (getattr(th, "one2one_cv2", None) is None):
             LOGGER.info(f"Distillation: only one of the student and {who} has an end-to-end (one-to-one) head "
                         "branch; the logit loss distils the dense branch they share and skips the one-to-one branch.")
-        own = task_outputs(sh, th)
+        own = task_outputs(sh, th, [loss for loss in self.losses.values() if loss.kind == "logit"])
         if own:
             dropped = " (not under distill_ensemble: no single target holds several teachers' masks or rotated " \
                       "boxes)" if self.ensemble and "keypoints" not in own else ""
