@@ -148,10 +148,12 @@ def test_kl_adds_each_task_term_with_its_weight(task, key, param):
 
 
 def test_keypoints_of_another_shape_are_left_out_and_the_ensemble_averages_them():
-    teacher, student = _head("pose"), _head("pose")
+    teacher = _head("pose")
+    student = {**teacher, "kpts": teacher["kpts"] + 0.5}
     other = {**teacher, "kpts": torch.randn(2, 6, 20), "kpt_shape": (2, 3)}
     base = KLLoss(kpt_weight=0.0)(student, teacher)
-    assert KLLoss()(student, other) == pytest.approx(base.item())  # different kpt_shape: no keypoint term
+    assert KLLoss(kpt_weight=1.0)(student, other) == pytest.approx(base.item())  # another kpt_shape: no keypoint term
+    assert KLLoss(kpt_weight=1.0)(student, teacher) > base  # the same kpt_shape: the term is there
     a, b = _head("pose"), {**_head("pose"), "kpts": torch.randn(2, 12, 20) * 3}
     target = KLLoss().ensemble(student, [a, b], [0.25, 0.75])
     mean = 0.25 * a["kpts"].view(2, 4, 3, 20) + 0.75 * b["kpts"].view(2, 4, 3, 20)
