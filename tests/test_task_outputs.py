@@ -170,8 +170,6 @@ def test_real_heads_of_each_task_feed_their_own_term(task, param):
     task outputs reach the loss, read the way the loss reads them)."""
     from ultralytics.cfg import get_cfg
 
-    from distill.tasks import DISTILLATION_TRAINERS  # noqa: F401  (the trainers exist for each task)
-
     suffix = {"pose": "-pose", "obb": "-obb", "segment": "-seg"}[task]
     torch.manual_seed(0)
     teacher = freeze(load_teacher(f"yolov8s{suffix}.yaml", nc=3, kpt_shape=[4, 3]))
