@@ -35,7 +35,9 @@ class KLLoss(LogitLoss):
     """cls = T^2 * sum_a w_a sum_c KL_bin(a, c) / sum_a w_a, w_a = max_c sigmoid(teacher logit); plus
     box = Tb^2 * sum_a w_a mean_side KL_softmax / sum_a w_a when both heads have the same reg_max > 1 (and
     `decoded` is 0), else box = box_weight * sum_a w_a (mean_side |d_s - d_t| + 1 - GIoU) / sum_a w_a on the
-    decoded side distances d (grid units; a DFL head's expected bin)."""
+    decoded side distances d (grid units; a DFL head's expected bin). OBB pairs: box = rbox_weight * sum_a w_a
+    (1 - ProbIoU of the decoded rotated boxes) / sum_a w_a instead; a detection teacher of an OBB student: no box term.
+    Plus the task terms (keypoints, masks) where their weights are on."""
 
     params = {
         # Best of 0.5 / 1 / 2 on the gain benchmark (benchmarks/results/gain_all.md). At 2 the
@@ -116,7 +118,6 @@ class KLLoss(LogitLoss):
                                        int(self.mask_anchors))
             loss = loss + self.mask_weight * total / weights.clamp(min=1e-6)
         return loss
-
 
     def ensemble(self, student: dict, teachers: list[dict], shares: list[float]) -> dict:
         """Several teachers as one: the share-weighted mean of their class probabilities at temperature T, and of
