@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import platform
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -79,11 +77,9 @@ def parse_methods(text: str) -> list[Method]:
 
 def machine() -> str:
     """CPU model and core count, or the GPU's name: absolute times and even mAP depend on it."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{cpu}, {os.cpu_count()} cores"
+    from distill.deploy.report import cpu_name
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_name()
 
 
 # What decides a result: the package, the benchmark scripts, the presets and the pins. Results, docs and

@@ -23,6 +23,7 @@ from distill.connectors import align, build_connectors
 from distill.features import FeatureRecorder, detect_inputs, pair_layers, probe_shapes
 from distill.losses import build_loss, class_free_losses
 from distill.losses.task_outputs import POSE26_FORM, POSE_FORM
+from distill.teacher import head_keypoint_shape
 from distill.teachers import Teacher, modules_of
 
 MODULES_ATTR = "distill_modules"  # student attribute holding connectors and loss-owned layers
@@ -63,7 +64,7 @@ def keypoint_reading(head: nn.Module) -> dict:
 def task_outputs(student_head: nn.Module, teacher_head: nn.Module, losses: list | None = None) -> str:
     """What the logit loss distils beyond scores and boxes for this pair of heads ('' for nothing): keypoints of
     the same kpt_shape, rotated boxes, instance masks; with `losses`, only those whose weight is on in one of them."""
-    kinds = [("keypoints", Pose, lambda s, t: list(s.kpt_shape) == list(t.kpt_shape), "kpt_weight"),
+    kinds = [("keypoints", Pose, lambda s, t: head_keypoint_shape(s) == head_keypoint_shape(t), "kpt_weight"),
              ("rotated boxes (1 - ProbIoU)", OBB, None, "rbox_weight"),
              ("instance masks", Segment, None, "mask_weight")]
     return ", ".join(name for name, head, same, weight in kinds if isinstance(student_head, head)
@@ -197,9 +198,9 @@ class Distiller:
         if isinstance(sh, OBB) and not isinstance(th, OBB):
             LOGGER.info(f"Distillation: {who} predicts axis-aligned boxes and the student rotated ones: the logit loss "
                         "distils class scores only.")
-        if isinstance(sh, Pose) and isinstance(th, Pose) and list(sh.kpt_shape) != list(th.kpt_shape):
-            LOGGER.info(f"Distillation: student kpt_shape {list(sh.kpt_shape)}, {who} {list(th.kpt_shape)}: keypoints "
-                        "are not distilled (only class scores and boxes).")
+        if isinstance(sh, Pose) and isinstance(th, Pose) and head_keypoint_shape(sh) != head_keypoint_shape(th):
+            LOGGER.info(f"Distillation: student kpt_shape {head_keypoint_shape(sh)}, {who} {head_keypoint_shape(th)}: "
+                        "keypoints are not distilled (only class scores and boxes).")
         elif not own and not isinstance(sh, OBB) and type(sh) is not type(th) and not isinstance(th, type(sh)):
             LOGGER.info(f"Distillation: {who} has a {type(th).__name__} head and the student a {type(sh).__name__} "
                         "head: the logit loss distils the class scores and boxes they share.")

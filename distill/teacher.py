@@ -61,10 +61,14 @@ def model_task(model: nn.Module) -> str:
                 "detect")
 
 
+def head_keypoint_shape(head: nn.Module) -> list[int] | None:
+    """A head's kpt_shape as a list ([keypoints, 2 or 3]), None for a head without keypoints."""
+    return [int(v) for v in head.kpt_shape] if isinstance(head, Pose) else None
+
+
 def keypoint_shape(model: nn.Module) -> list[int] | None:
     """A pose model's kpt_shape ([keypoints, 2 or 3]), None for other models."""
-    head = model.model[-1]
-    return [int(v) for v in head.kpt_shape] if isinstance(head, Pose) else None
+    return head_keypoint_shape(model.model[-1])
 
 
 def check_task(teacher: nn.Module, task: str, who: str = "the teacher") -> None:

@@ -298,7 +298,6 @@ def prune_checkpoint(weights: str | Path, ratio: float, out: str | Path | None =
     from datetime import datetime
 
     import ultralytics
-
     from ultralytics.nn.tasks import torch_safe_load
 
     from distill.checkpoints import read_checkpoint, resolve_weights
@@ -322,7 +321,7 @@ def prune_checkpoint(weights: str | Path, ratio: float, out: str | Path | None =
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m distill.deploy.prune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("weights", help="a YOLOv8 detection checkpoint (.pt)")
+    p.add_argument("weights", help="a YOLOv8 or YOLO11 detection checkpoint (.pt)")
     p.add_argument("--ratio", type=float, default=0.5, help="fraction of each prunable group's channels to remove")
     p.add_argument("--out", default=None, help="output .pt (default: <weights>-pruned<pct>.pt)")
     p.add_argument("--imgsz", type=int, default=640, help="image size of the trace and of the GFLOPs reported")
