@@ -78,6 +78,33 @@ def onnx_parity(weights: str | Path, onnx_path: str | Path, images: list[Path], 
             "score_std": float(np.mean(spread))}
 
 
+def stage_task(path: Path) -> str:
+    """The task of a checkpoint, or of an ONNX file from the metadata Ultralytics' exporter writes into it."""
+    if path.suffix == ".onnx":
+        import onnx
+
+        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+        return meta.get("task", "detect")
+    from ultralytics import YOLO
+
+    return YOLO(str(path)).task
+
+
+def accuracy(path: Path, data: str, imgsz: int, project: Path | None = None) -> dict[str, float]:
+    """mAP50-95 and mAP50 of one stage on the val split, at the fixed square input the exports take (rect=False:
+    a checkpoint's default rectangular batches would letterbox differently from its export). project: where the
+    validation writes (default: Ultralytics' own runs folder)."""
+    from ultralytics import YOLO
+
+    from distill.compare import task_metric
+
+    metrics = YOLO(str(path), task=stage_task(path)).val(data=data, imgsz=imgsz, batch=1, rect=False, plots=False,
+                                                         verbose=False, device="cpu", name=f"val-{path.stem}",
+                                                         exist_ok=True, **({"project": str(project)} if project else {}))
+    score = task_metric(metrics)
+    return {"map50_95": float(score.map), "map50": float(score.map50)}
+
+
 def export_onnx(weights: str | Path, data: str | Path, imgsz: int, images: int = 8, validate: bool = True,
                 int8: bool = False, calibration_fraction: float = 1.0) -> dict[str, Any]:
     """ONNX file of `weights` (next to it), its output parity on `images` validation images, and both mAPs; with
@@ -101,12 +128,12 @@ def export_onnx(weights: str | Path, data: str | Path, imgsz: int, images: int =
                           **onnx_parity(weights, int8_path, compared, imgsz)}
         files.append(("int8", int8_path))
     if validate:
-        # rect=False for all: the export takes fixed imgsz x imgsz inputs, and the checkpoint's default rectangular
-        # batches would letterbox differently (0.009 mAP50-95 apart on a yolov8s whose outputs agree to 1e-4 px).
+        # rect=False for all (in accuracy): the export takes fixed imgsz x imgsz inputs, and the checkpoint's default
+        # rectangular batches would letterbox differently (0.009 mAP50-95 apart on a yolov8s whose outputs agree to
+        # 1e-4 px).
         for key, source in files:
-            metrics = YOLO(str(source), task="detect").val(data=str(data), imgsz=imgsz, batch=1, rect=False,
-                                                           plots=False, verbose=False, device="cpu")
-            report[f"map50_95_{key}"], report[f"map50_{key}"] = float(metrics.box.map), float(metrics.box.map50)
+            score = accuracy(Path(source), str(data), imgsz)
+            report[f"map50_95_{key}"], report[f"map50_{key}"] = score["map50_95"], score["map50"]
     return report
 
 

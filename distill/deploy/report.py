@@ -96,31 +96,6 @@ def time_stages(paths: dict[str, Path], images: list[Path], imgsz: int, rounds: 
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def stage_task(path: Path) -> str:
-    """The task of a checkpoint, or of an ONNX file from the metadata Ultralytics' exporter writes into it."""
-    if path.suffix == ".onnx":
-        import onnx
-
-        meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
-        return meta.get("task", "detect")
-    from ultralytics import YOLO
-
-    return YOLO(str(path)).task
-
-
-def accuracy(path: Path, data: str, imgsz: int, project: Path) -> dict[str, float]:
-    """mAP50-95 and mAP50 of one stage on the val split, at the fixed square input the exports take."""
-    from ultralytics import YOLO
-
-    from distill.compare import task_metric
-
-    metrics = YOLO(str(path), task=stage_task(path)).val(data=data, imgsz=imgsz, batch=1, rect=False, plots=False,
-                                                         verbose=False, device="cpu", project=str(project),
-                                                         name=f"val-{path.stem}", exist_ok=True)
-    score = task_metric(metrics)
-    return {"map50_95": float(score.map), "map50": float(score.map50)}
-
-
 def cpu_name() -> str:
     """The CPU's model name and core count (absolute times hold only for it)."""
     import os
@@ -135,7 +110,7 @@ def cpu_name() -> str:
 def build_report(stages: list[tuple[str, Path]], data: str, imgsz: int, out: Path, images: int = 16, rounds: int = 5,
                  threads: int = 1) -> dict[str, Any]:
     """Measure every stage and write report.json / report.md / report.png into `out`."""
-    from distill.deploy.export import val_images
+    from distill.deploy.export import accuracy, val_images
 
     names = [name for name, _ in stages]
     if len(set(names)) < len(names):
