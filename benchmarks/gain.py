@@ -230,8 +230,8 @@ def plot(result: dict, path: Path) -> None:
 
 def given_teacher_problem(path: str, task, teacher_epochs: int | None) -> str | None:
     """Why a --teacher checkpoint cannot stand in for the recipe's teacher, or None."""
-    from distill.classmap import dataset_names, same_classes
-    from distill.teacher import keypoint_shape, load_teacher, model_task
+    from distill.compare import scoring_problem
+    from distill.teacher import load_teacher
 
     if teacher_epochs is not None:
         return "it replaces the trained teacher, so --teacher-epochs has no effect."
@@ -239,16 +239,8 @@ def given_teacher_problem(path: str, task, teacher_epochs: int | None) -> str | 
         return "not a .pt checkpoint on disk."
     from ultralytics.data.utils import check_det_dataset
 
-    teacher = load_teacher(path)
-    if not same_classes(teacher, dataset_names(check_det_dataset(str(task.data())))):
-        return "its classes differ from the dataset's, so its mAP (and the gap closed) would mean nothing here."
-    if model_task(teacher) != task.yolo_task:
-        return (f"it is a {model_task(teacher)} model and the students {task.yolo_task} ones, so its mAP (and the gap "
-                "closed) would mean nothing here.")
-    data_kpts = check_det_dataset(str(task.data())).get("kpt_shape")
-    if keypoint_shape(teacher) is not None and keypoint_shape(teacher) != list(data_kpts or []):
-        return f"its keypoints {keypoint_shape(teacher)} differ from the dataset's {data_kpts}, so it cannot be scored here."
-    return None
+    problem = scoring_problem(load_teacher(path), check_det_dataset(str(task.data())), task.yolo_task)
+    return f"{problem}, so its mAP (and the gap closed) would mean nothing here." if problem else None
 
 
 def main(argv: list[str] | None = None) -> dict:

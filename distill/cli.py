@@ -230,19 +230,9 @@ def unscored_teachers(trainer: Any) -> list[str | None]:
     """Per teacher, why its mAP on the dataset would mean nothing (None: it is scored). A teacher of other classes
     (matched by name, or used for features only) would be scored by class index against other classes; a detection
     teacher of a seg or pose student has no mask or keypoint mAP to set beside the student's."""
-    from distill.classmap import dataset_names, same_classes
-    from distill.teacher import keypoint_shape, model_task
+    from distill.compare import scoring_problem
 
-    def problem(model: Any) -> str | None:
-        if not same_classes(model, dataset_names(trainer.data)):
-            return "its classes differ from the dataset's"
-        if model_task(model) != trainer.student_task:
-            return f"a {model_task(model)} model, scored differently from the {trainer.student_task} student"
-        if (shape := keypoint_shape(model)) is not None and shape != list(trainer.data.get("kpt_shape") or []):
-            return f"its keypoints ({shape}) differ from the dataset's ({trainer.data.get('kpt_shape')})"
-        return None
-
-    return [problem(t.model) for t in trainer.distiller.teachers]
+    return [scoring_problem(t.model, trainer.data, trainer.student_task) for t in trainer.distiller.teachers]
 
 
 def compare_with_baseline(student_path: str, teachers: list[str], args: dict[str, Any], distilled_run: Path,

@@ -30,6 +30,23 @@ def model_card(weights: str | Path, data: str, imgsz: int, batch: int, device: A
             "gflops": float(gflops), "ms_per_image": float(metrics.speed["inference"])}
 
 
+def scoring_problem(model: Any, data: dict, task: str) -> str | None:
+    """Why `model`'s mAP on the dataset `data` (Ultralytics' dataset dict) would mean nothing beside a `task`
+    student's, or None when it can be scored: a model of other classes would be scored by class index against other
+    classes; one of another task (a detection teacher of a seg student) has no mask or keypoint mAP; a pose model of
+    other keypoints cannot even be validated on the dataset."""
+    from distill.classmap import dataset_names, same_classes
+    from distill.teacher import keypoint_shape, model_task
+
+    if not same_classes(model, dataset_names(data)):
+        return "its classes differ from the dataset's"
+    if model_task(model) != task:
+        return f"a {model_task(model)} model, scored differently from the {task} student"
+    if (shape := keypoint_shape(model)) is not None and shape != list(data.get("kpt_shape") or []):
+        return f"its keypoints ({shape}) differ from the dataset's ({data.get('kpt_shape')})"
+    return None
+
+
 # The metric a task is judged by: masks (segment), keypoints (pose), boxes (detect, obb). Its results.csv suffix.
 TASK_PARTS = (("seg", "M"), ("pose", "P"), ("box", "B"))
 
