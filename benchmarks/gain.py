@@ -17,6 +17,7 @@ seed list. Writes <out>.json, <out>.md and <out>.png.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import statistics
@@ -40,9 +41,10 @@ DEFAULT_METHODS = "baseline;cwd;mgd;mimic;kl;cwd+kl;builtin"
 
 
 def train_once(method, task, teacher: Path | None, seed: int, project: str, device: str | None,
-               epochs: int | None = None, model: str = STUDENT) -> dict:
+               epochs: int | None = None, model: str = STUDENT, keep: bool = False) -> dict:
     """One run of `model` (the task's student epochs unless `epochs`); returns its final mAPs (best.pt on the
-    val split), its mAP50-95 per epoch and its wall seconds (training and per-epoch validation)."""
+    val split), its mAP50-95 per epoch and its wall seconds (training and per-epoch validation); with `keep`, also
+    its run folder ("run": `project` is kept, not temporary)."""
     epochs = epochs or task.student_epochs
     kwargs = {**task.recipe, "epochs": epochs, "seed": seed, "deterministic": True, "plots": False,
               "project": project, "name": f"{method.spec.replace(':', '_').replace(',', '_')}-e{epochs}-s{seed}",
@@ -54,7 +56,7 @@ def train_once(method, task, teacher: Path | None, seed: int, project: str, devi
     yolo.train(data=str(task.data()), **kwargs, **plain, **method.train_kwargs(teacher))
     run = Path(yolo.trainer.save_dir)
     score = task_metric(yolo.metrics)  # masks, keypoints or boxes: the student's own task
-    return {"seed": seed, "epochs": epochs, "map50_95": float(score.map),
+    return {"seed": seed, "epochs": epochs, **({"run": str(run)} if keep else {}), "map50_95": float(score.map),
             "map50": float(score.map50), "seconds": round(time.time() - t0, 1),
             "curve": [round(v, 5) for v in map_curve(run)], "train_losses": loss_scale(run),
             "params": effective_params(yolo.trainer),
@@ -271,6 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
                    "the measured time ratio) and report the paired difference to it")
     p.add_argument("--device", default=None)
     p.add_argument("--note", default=None, help="what the run is for (e.g. 'confirmation seeds'), kept in the outputs")
+    p.add_argument("--keep", default=None, metavar="DIR", help="keep every run's folder (weights, results.csv) under DIR "
+                   "instead of a temporary folder, e.g. to export or report on the trained students afterwards")
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/gain[_<task>])")
     a = p.parse_args(argv)
     try:
@@ -316,11 +320,11 @@ def main(argv: list[str] | None = None) -> dict:
             "command": "python benchmarks/gain.py" + (" " + " ".join(argv) if argv else ""),
             **({"note": a.note} if a.note else {})}
     runs: dict[str, list[dict]] = {m.spec: [] for m in methods}
-    with tempfile.TemporaryDirectory() as project:
+    with (contextlib.nullcontext(str(Path(a.keep).resolve())) if a.keep else tempfile.TemporaryDirectory()) as project:
         for seed in range(a.first_seed, a.first_seed + a.seeds):  # seeds outermost, outputs after each seed:
             longer: dict[int, dict] = {}                           # an interrupted run keeps its finished seeds
             for m in methods:
-                row = train_once(m, task, teacher, seed, project, a.device, model=a.student)
+                row = train_once(m, task, teacher, seed, project, a.device, model=a.student, keep=bool(a.keep))
                 runs[m.spec].append(row)
                 if a.equal_time and m.kind != "baseline":
                     base = runs["baseline"][-1]
