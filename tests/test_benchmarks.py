@@ -239,6 +239,7 @@ def test_gain_with_a_given_teacher(tmp_path, data_yaml, teacher_pt):
     assert result["meta"]["teacher"] == str(Path(teacher_pt).resolve())
     assert 0 <= result["meta"]["teacher_map50_95"] <= 1
     assert result["methods"]["kl"]["runs"][0]["train_losses"]["kl_loss"][0] > 0
+    assert "run" not in result["methods"]["kl"]["runs"][0]  # runs in a temporary folder, gone: nothing to point at
     assert not (tmp_path / "cache" / "teachers").exists()
     done = _run("gain.py", "--data", data_yaml, "--teacher", str(tmp_path / "gone.pt"), rc=2)
     assert "--teacher" in done.stderr and "not a .pt checkpoint on disk" in done.stderr
@@ -254,9 +255,12 @@ def test_gain_from_a_pretrained_student(tmp_path, data_yaml, teacher_pt):
     ckpt = torch.load(teacher_pt, map_location="cpu", weights_only=False)  # stands in for a pre-trained checkpoint
     torch.save(ckpt, student)
     _run("gain.py", "--data", data_yaml, "--task", "quick", "--teacher", teacher_pt, "--student", str(student),
-         "--epochs", "1", "--seeds", "1", "--methods", "baseline;kl", "--out", str(out))
+         "--epochs", "1", "--seeds", "1", "--methods", "baseline;kl", "--out", str(out), "--keep", str(tmp_path / "kept"))
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["meta"]["student"] == str(student)
+    # --keep: each run's folder stays, with its checkpoints, under the given folder
+    runs = [Path(result["methods"][m]["runs"][0]["run"]) for m in ("baseline", "kl")]
+    assert len(set(runs)) == 2 and all(r.parent == tmp_path / "kept" and (r / "weights" / "best.pt").is_file() for r in runs)
     size = sum(p.numel() for p in ckpt["model"].parameters())  # a yolov8s: about 11 M, a yolov8n about 3 M
     assert [result["methods"][m]["runs"][0]["student_params"] for m in ("baseline", "kl")] == [size, size]
     done = _run("gain.py", "--data", data_yaml, "--task", "quick", "--student", str(tmp_path / "gone.pt"), rc=2)
@@ -375,3 +379,46 @@ def test_gain_for_a_segment_student(tmp_path):
     assert all(run["curve"] and run["curve"][-1] == pytest.approx(run["map50_95"], abs=0.05) for run in runs.values())
     done = _run("gain.py", "--quick", "--yolo-task", "segment", "--student", "yolov8n.yaml", rc=2, env=cache)
     assert "is a detect model; --yolo-task is segment" in done.stderr
+
+
+def test_deploy_stages_quick(tmp_path, data_yaml, teacher_pt):
+    """Every deployment stage trained and measured in one run: the teacher pruned, fine-tuned alone and distilled (the
+    distilled run's kl column is non-zero), the student trained alone, the distilled model exported to ONNX (same
+    outputs, same mAP) and INT8 (a quarter of the file); the report lists them in order. Bad arguments are refused
+    before anything is written."""
+    import torch
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    _run("deploy_stages.py", "--task", "quick", "--data", data_yaml, "--teacher", teacher_pt, "--epochs", "1",
+         "--student-epochs", "1", "--work", str(work), "--out", str(out))
+    report = json.loads((out / "report.json").read_text())
+    stages = report["stages"]
+    assert list(stages) == ["teacher", "yolov8n, trained alone", "pruned 0.5, untrained", "pruned + fine-tune",
+                            "pruned + kl", "ONNX fp32", "ONNX INT8"]
+    teacher = stages["teacher"]["params_m"]
+    for name in ("pruned 0.5, untrained", "pruned + fine-tune", "pruned + kl"):
+        assert stages[name]["params_m"] < 0.4 * teacher  # a yolov8s pruned at 0.5 keeps about a quarter
+    runs = {k: Path(v["run"]) for k, v in report["training"].items() if isinstance(v, dict)}
+    assert stages["pruned + kl"]["file"] == str(runs["pruned_distilled"] / "weights" / "best.pt")
+    header = (runs["pruned_distilled"] / "results.csv").read_text().splitlines()
+    kl = [float(row.split(",")[header[0].split(",").index("train/kl_loss")]) for row in header[1:]]
+    assert kl and all(v > 0 for v in kl)
+    assert "train/kl_loss" not in (runs["pruned_finetuned"] / "results.csv").read_text()
+    # both pruned runs start from the pruned weights: same widths as the pruned file, not a model built anew
+    pruned = torch.load(stages["pruned 0.5, untrained"]["file"], map_location="cpu", weights_only=False)["model"]
+    finetuned = torch.load(stages["pruned + fine-tune"]["file"], map_location="cpu", weights_only=False)["model"]
+    assert [p.shape for p in pruned.parameters()] == [p.shape for p in finetuned.parameters()]
+    assert stages["ONNX fp32"]["map50_95"] == pytest.approx(stages["pruned + kl"]["map50_95"], abs=1e-3)
+    assert report["parity"]["onnx"]["max_box_diff_px"] < 0.01 and report["parity"]["onnx"]["max_score_diff"] < 1e-4
+    assert stages["ONNX INT8"]["file_mb"] < 0.4 * stages["ONNX fp32"]["file_mb"]
+    assert all(s["ms_per_image"] > 0 for s in stages.values())
+    md = (out / "report.md").read_text()
+    assert "deploy_stages.py" in md and "| pruned + kl |" in md and (out / "report.png").stat().st_size > 0
+
+    refusals = ((["--ratio", "1.5"], "--ratio 1.5"), (["--loss", "baseline"], "--loss baseline"),
+                (["--teacher", str(tmp_path / "gone.pt")], "not a .pt checkpoint"))
+    for i, (args, message) in enumerate(refusals):
+        fresh = tmp_path / f"refused{i}"
+        done = _run("deploy_stages.py", "--task", "quick", "--data", data_yaml, "--teacher", teacher_pt, *args,
+                    "--work", str(fresh / "work"), "--out", str(fresh / "out"), rc=2)
+        assert message in done.stderr and not fresh.exists()
