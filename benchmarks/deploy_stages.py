@@ -17,7 +17,10 @@ Absolute times vary by CPU: compare the ratios.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +30,9 @@ from recipes import STUDENT, TASKS, select_task
 
 import torch
 import ultralytics
+from ultralytics import YOLO as PlainYOLO
 
+from distill.cli import check_args
 from distill.deploy.export import export_onnx
 from distill.deploy.prune import prune_checkpoint
 from distill.deploy.report import build_report, format_report
@@ -55,30 +60,54 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--work", default="runs/deploy_stages", help="folder for the trained checkpoints and exports")
     p.add_argument("--out", default=None, help="report folder (default benchmarks/results/deploy_<task>)")
     a = p.parse_args(argv)
+    # Every check before any work, cheap ones first: the stages take hours on real data, and nothing is written
+    # until all pass.
+    missing = [m for m in ("torch_pruning", "onnx", "onnxruntime", "onnxslim") if importlib.util.find_spec(m) is None]
+    if missing:
+        p.error(f"{', '.join(missing)} not installed: pip install -e '.[deploy,export]' first.")
+    if min(a.epochs, a.student_epochs) < 1:
+        p.error(f"--epochs {a.epochs}, --student-epochs {a.student_epochs}: give at least 1 epoch each.")
+    if Path(a.student).suffix not in {".yaml", ".yml"}:
+        p.error(f"--student {a.student}: give a model YAML; this stage is a student trained alone from scratch.")
+    method = Method(a.loss)
+    if method.kind != "distill":
+        p.error(f"--loss {a.loss}: give a distillation method (e.g. kl, cwd+kl, kl:kl_weight=2).")
     try:
         task = select_task(a.task, a.data, imgsz=a.imgsz, epochs=a.epochs)
     except ValueError as e:
         p.error(str(e))
     if problem := given_teacher_problem(a.teacher, task, None):
         p.error(f"--teacher {a.teacher}: {problem}")
-    if not 0 < a.ratio < 1:
-        p.error(f"--ratio {a.ratio}: give a fraction between 0 and 1 (0.5 removes half of each group's channels).")
-    method = Method(a.loss)
-    if method.kind != "distill":
-        p.error(f"--loss {a.loss}: give a distillation method (e.g. kl, cwd+kl, kl:kl_weight=2).")
     teacher, work = Path(a.teacher).resolve(), Path(a.work).resolve()
-    out = Path(a.out or f"benchmarks/results/deploy_{task.name}")
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        if (student_task := PlainYOLO(a.student).task) != "detect":
+            p.error(f"--student {a.student} is a {student_task} model; give a detection model YAML.")
+        check_args({**task.recipe, "epochs": a.epochs, **method.train_kwargs(teacher)})
+    except (ValueError, TypeError, SyntaxError, FileNotFoundError) as e:  # SyntaxError: Ultralytics' unknown argument
+        p.error(f"--student {a.student} / --loss {a.loss}: {e}")
     imgsz = task.recipe["imgsz"]
+    name = f"{teacher.stem}-pruned{round(a.ratio * 100)}.pt"
+    with tempfile.TemporaryDirectory() as tmp:  # pruning is the last check (ratio, supported layers, image size)
+        try:
+            t0 = time.time()
+            pruned = prune_checkpoint(teacher, a.ratio, Path(tmp) / name, imgsz)
+            seconds_prune = round(time.time() - t0, 1)
+        except (ValueError, FileNotFoundError, ImportError) as e:
+            p.error(f"--teacher {a.teacher} --ratio {a.ratio}: {e}")
+        work.mkdir(parents=True, exist_ok=True)
+        pruned = Path(shutil.move(pruned, work / name))
+    # a report of another ratio, loss or student never overwrites the default one's
+    variant = "".join(f"_{k}{v}" for k, v, default in (("ratio", a.ratio, 0.5), ("loss-", a.loss, "kl"),
+                                                       ("student-", Path(a.student).stem, Path(STUDENT).stem)) if v != default)
+    out = Path(a.out or f"benchmarks/results/deploy_{task.name}{variant}")
     meta = {"task": task.name, "teacher": str(teacher), "student": a.student, "ratio": a.ratio, "loss": a.loss,
             "seed": a.seed, "epochs": a.epochs, "student_epochs": a.student_epochs, "imgsz": imgsz,
+            "n_train_val": task.split_sizes(), "device": a.device or "auto",
             "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "machine": machine(),
             "code_version": code_version(), "commit": git_commit(), "ultralytics": ultralytics.__version__,
             "torch": torch.__version__, "command": "python benchmarks/deploy_stages.py" + (" " + " ".join(argv) if argv else "")}
 
-    t0 = time.time()
-    pruned = prune_checkpoint(teacher, a.ratio, work / f"{teacher.stem}-pruned{round(a.ratio * 100)}.pt", imgsz)
-    train = {"seconds_prune": round(time.time() - t0, 1)}
+    train: dict = {"seconds_prune": seconds_prune}
     # separate projects: the student's and the pruned model's runs may share a method and an epoch count
     train["student"] = train_once(Method("baseline"), task, None, a.seed, str(work / "student"), a.device,
                                   epochs=a.student_epochs, model=a.student, keep=True)
@@ -93,11 +122,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     stages = [("teacher", teacher), (f"{Path(a.student).stem}, trained alone", best(train["student"])),
               (f"pruned {a.ratio:g}, untrained", pruned), ("pruned + fine-tune", best(train["pruned_finetuned"])),
-              (f"pruned + {a.loss}", distilled), ("ONNX fp32", Path(exported["onnx"])),
-              ("ONNX INT8", Path(exported["int8"]["onnx"]))]
+              (f"pruned + {a.loss}", distilled), (f"pruned + {a.loss}, ONNX fp32", Path(exported["onnx"])),
+              (f"pruned + {a.loss}, ONNX INT8", Path(exported["int8"]["onnx"]))]
     report = build_report(stages, str(task.data()), imgsz, out)
-    report.update(meta=meta, training={k: ({f: v[f] for f in ("epochs", "map50_95", "map50", "seconds", "run")}
-                                           if isinstance(v, dict) else v) for k, v in train.items()},
+    kept = ("epochs", "map50_95", "map50", "seconds", "run", "train_losses")  # mAPs: Ultralytics' own validation
+    report.update(meta=meta, training={k: ({f: v[f] for f in kept} if isinstance(v, dict) else v)
+                                       for k, v in train.items()},
                   parity={"onnx": {k: v for k, v in exported.items() if k not in {"int8", "weights"}},
                           "int8": exported["int8"]})
     (out / "report.json").write_text(json.dumps(report, indent=1))
@@ -123,8 +153,10 @@ def describe(report: dict) -> str:
              f"{train['pruned_finetuned']['seconds']}, pruned + {meta['loss']} {train['pruned_distilled']['seconds']}.",
              f"ONNX fp32 against the checkpoint on {parity['onnx'].get('images', '?')} validation images: "
              f"{worst(parity['onnx'])}. INT8: {worst(parity['int8'])}.",
-             "mAPs here are validated at a fixed square input (rect=False, as the exported files take), so they can differ "
-             "slightly from Ultralytics' rectangular validation in the training logs."]
+             "mAPs in the table are validated at a fixed square input (rect=False, as the exported files take it). "
+             "Ultralytics' own validation at the end of training (rectangular batches), mAP50-95: "
+             + ", ".join(f"{k.replace('_', ' ')} {v['map50_95']:.4f}" for k, v in train.items() if isinstance(v, dict))
+             + "."]
     return "\n".join(lines)
 
 

@@ -46,9 +46,10 @@ def train_once(method, task, teacher: Path | None, seed: int, project: str, devi
     val split), its mAP50-95 per epoch and its wall seconds (training and per-epoch validation); with `keep`, also
     its run folder ("run": `project` is kept, not temporary)."""
     epochs = epochs or task.student_epochs
+    # exist_ok only in a temporary project: a kept run folder is never overwritten, Ultralytics numbers a new one
     kwargs = {**task.recipe, "epochs": epochs, "seed": seed, "deterministic": True, "plots": False,
               "project": project, "name": f"{method.spec.replace(':', '_').replace(',', '_')}-e{epochs}-s{seed}",
-              "exist_ok": True, "verbose": False, **({"device": device} if device else {})}
+              "exist_ok": not keep, "verbose": False, **({"device": device} if device else {})}
     yolo = (PlainYOLO if method.kind == "builtin" else YOLO)(model)
     t0 = time.time()
     # Ultralytics' own trainer for the task, AMP check offline
@@ -282,6 +283,8 @@ def main(argv: list[str] | None = None) -> dict:
                            teacher_epochs=a.teacher_epochs)
     except ValueError as e:
         p.error(str(e))
+    if a.keep and Path(a.keep).exists() and not Path(a.keep).is_dir():
+        p.error(f"--keep {a.keep}: a file is in the way; give a folder.")
     if a.teacher is not None and a.teacher_models is not None:
         p.error("--teacher and --teacher-models are two ways to name the teachers: give one.")
     for path in a.teacher or []:
@@ -331,9 +334,11 @@ def main(argv: list[str] | None = None) -> dict:
                     epochs = equal_time_epochs(task.student_epochs, row["seconds"], base["seconds"])
                     if epochs not in longer:
                         longer[epochs] = base if epochs == base["epochs"] else train_once(
-                            Method("baseline"), task, teacher, seed, project, a.device, epochs=epochs, model=a.student)
+                            Method("baseline"), task, teacher, seed, project, a.device, epochs=epochs, model=a.student,
+                            keep=bool(a.keep))
                     row["equal_time"] = {"time_ratio": row["seconds"] / base["seconds"],
-                                         **{k: longer[epochs][k] for k in ("epochs", "map50_95", "map50", "seconds")}}
+                                         **{k: longer[epochs][k] for k in ("epochs", "map50_95", "map50", "seconds", "run")
+                                            if k in longer[epochs]}}
                 print(f"[gain] {m.spec} seed {seed}: {row}", flush=True)
             meta["seed_list"].append(seed)
             result = {"meta": meta, "methods": summarise_all(runs, teacher_map)}
