@@ -68,11 +68,11 @@ def pick_teachers(teachers: Path | list[Path], choice: Any, spec: str) -> list[P
     return [teachers[i - 1] for i in picked]
 
 
-def parse_methods(text: str) -> list[Method]:
+def parse_methods(text: str, baseline: bool = True) -> list[Method]:
+    """The ';'-separated method specs, the baseline first (added when missing, dropped when not `baseline`)."""
     methods = [Method(s.strip()) for s in text.split(";") if s.strip()]
-    if not methods or methods[0].kind != "baseline":
-        methods.insert(0, Method("baseline"))
-    return methods
+    methods = [m for m in methods if m.kind != "baseline"]
+    return [Method("baseline"), *methods] if baseline else methods
 
 
 def machine() -> str:

@@ -36,6 +36,7 @@ from distill import YOLO
 from distill.compare import map_curve, results_columns, task_metric
 from distill.demo import DEMO_TEACHER
 from distill.tasks import PLAIN_TRAINERS
+from distill.teacher import fingerprint, load_teacher
 
 DEFAULT_METHODS = "baseline;cwd;mgd;mimic;kl;cwd+kl;builtin"
 
@@ -145,8 +146,9 @@ def summarise(rows: list[dict], baseline: list[dict] | None, teacher_map: float)
 
 
 def summarise_all(runs: dict[str, list[dict]], teacher_map: float) -> dict[str, dict]:
-    """summarise() for every method, each against the 'baseline' runs."""
-    return {spec: summarise(rows, None if spec == "baseline" else runs["baseline"], teacher_map)
+    """summarise() for every method, each against the 'baseline' runs (no gain where none ran: a slice of methods
+    alone, pooled later with its baselines by gain_merge.py)."""
+    return {spec: summarise(rows, None if spec == "baseline" else runs.get("baseline"), teacher_map)
             for spec, rows in runs.items()}
 
 
@@ -203,10 +205,12 @@ def write_outputs(result: dict, out: Path) -> None:
 
 def describe_teachers(meta: dict) -> str:
     """'teacher t.pt (mAP50-95 0.3000)', or each of several, numbered as methods pick them (teachers=2)."""
+    prints = meta.get("teacher_fingerprints") or []
+    weights = [f", weights {p}" for p in prints] or [""] * len(meta.get("teacher_maps", [0]))
     if "teacher_maps" not in meta:
-        return f"teacher {meta['teacher']} (mAP50-95 {meta['teacher_map50_95']:.4f})"
-    return "teachers " + ", ".join(f"{i + 1}: {t} (mAP50-95 {m:.4f})" for i, (t, m)
-                                   in enumerate(zip(meta["teacher"], meta["teacher_maps"]))) + \
+        return f"teacher {meta['teacher']} (mAP50-95 {meta['teacher_map50_95']:.4f}{weights[0]})"
+    return "teachers " + ", ".join(f"{i + 1}: {t} (mAP50-95 {m:.4f}{w})" for i, (t, m, w)
+                                   in enumerate(zip(meta["teacher"], meta["teacher_maps"], weights))) + \
         " (gap closed: to the best)"
 
 
@@ -273,6 +277,8 @@ def main(argv: list[str] | None = None) -> dict:
                    help="also train, per seed and method, a baseline given the method's wall time (its epochs times "
                    "the measured time ratio) and report the paired difference to it")
     p.add_argument("--device", default=None)
+    p.add_argument("--no-baseline", action="store_true", help="run only the methods named, not the baseline: a slice "
+                   "(e.g. one method on one core) pooled by gain_merge.py with baselines run elsewhere, same code and seeds")
     p.add_argument("--note", default=None, help="what the run is for (e.g. 'confirmation seeds'), kept in the outputs")
     p.add_argument("--keep", default=None, metavar="DIR", help="keep every run's folder (weights, results.csv) under DIR "
                    "instead of a temporary folder, e.g. to export or report on the trained students afterwards")
@@ -287,6 +293,15 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--keep {a.keep}: a file is in the way; give a folder.")
     if a.teacher is not None and a.teacher_models is not None:
         p.error("--teacher and --teacher-models are two ways to name the teachers: give one.")
+    methods = parse_methods(a.methods, baseline=not a.no_baseline)
+    if a.no_baseline and not methods:
+        p.error("--no-baseline leaves no method to run: name at least one in --methods.")
+    if a.no_baseline and not a.out:
+        p.error("--no-baseline writes a slice without its baselines: name it with --out, so that it never replaces "
+                "a full result.")
+    if a.no_baseline and a.equal_time:
+        p.error("--equal-time measures each method's wall time against its seed's baseline, run beside it: "
+                "drop --no-baseline.")
     for path in a.teacher or []:
         if problem := given_teacher_problem(path, task, a.teacher_epochs):
             p.error(f"--teacher {path}: {problem}")
@@ -301,7 +316,6 @@ def main(argv: list[str] | None = None) -> dict:
     suffix += (f"_teacher-{'+'.join(Path(t).stem for t in a.teacher)}" if a.teacher else
               f"_teachers-{'+'.join(Path(t).stem for t in a.teacher_models)}" if a.teacher_models else "")
     out = Path(a.out or f"benchmarks/results/gain{'' if task.name == 'full' else '_' + task.name}{suffix}")
-    methods = parse_methods(a.methods)
     teachers = ([Path(t).resolve() for t in a.teacher] if a.teacher else
                 [task.teacher(a.device, model) for model in a.teacher_models or [DEMO_TEACHER]])
     try:
@@ -316,6 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
     meta = {"task": task.name, "yolo_task": task.yolo_task, "student": a.student, "teacher": str(teacher) if len(teachers) == 1 else
             [str(t) for t in teachers], "teacher_map50_95": teacher_map,
             **({"teacher_maps": teacher_maps} if len(teachers) > 1 else {}),
+            # which weights taught, whatever the path: slices pool only when these match (gain_merge.py)
+            "teacher_fingerprints": [fingerprint(load_teacher(t)) for t in teachers],
             "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"], "epochs": task.student_epochs,
             "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "seed_list": [], "device": a.device or "auto", "machine": machine(),
             "code_version": code_version(), "commit": git_commit(),  # before training: what ran

@@ -2,9 +2,10 @@
 """Pool several `gain.py` results of one task into one table: other methods (e.g. weight sweeps) and
 extra seeds (`--first-seed` slices) alike, then recompute every statistic over the pooled seeds.
 
-The runs must be the same task and the same code: equal task fields and an equal recorded code
-version (commit, Ultralytics, torch). Training is deterministic per seed, so a seed that two files
-both ran must give the same mAP in both; the merge refuses otherwise. A single file is re-summarised.
+The runs must be the same task, the same teacher and the same code: equal task fields, equal teacher
+weights where recorded (their fingerprints) and an equal recorded code version (commit, Ultralytics,
+torch). A slice run with --no-baseline pools with the baselines of another file. Training is
+deterministic per seed, so a seed that two files both ran must give the same mAP in both; the merge refuses otherwise. A single file is re-summarised.
 
     python benchmarks/gain_merge.py benchmarks/results/gain_bccd.json benchmarks/results/gain_bccd_seeds3-5.json \\
         --out benchmarks/results/gain_bccd_all
@@ -27,6 +28,7 @@ UNRECORDED = "unrecorded"
 def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = False) -> dict:
     """One result with the union of methods and seeds; SystemExit when the runs are not comparable."""
     first = results[0]["meta"]
+    taught = [(r["meta"]["teacher_fingerprints"], s) for r, s in zip(results, sources) if r["meta"].get("teacher_fingerprints")]
     for result, source in zip(results, sources):
         meta = result["meta"]
         missing = [k for k in SAME_CODE if meta.get(k) is None]
@@ -36,6 +38,10 @@ def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = Fals
         differ = [k for k in SAME_TASK if meta.get(k) != first.get(k)]
         if differ:
             raise SystemExit(f"{source} is a different task from {sources[0]} ({', '.join(differ)} differ).")
+        prints = meta.get("teacher_fingerprints")
+        if prints and prints != taught[0][0]:
+            raise SystemExit(f"{source} was taught by other teacher weights than {taught[0][1]} (fingerprints {prints} vs "
+                             f"{taught[0][0]}): a gain depends on its teacher, so these do not pool.")
         differ = [k for k in SAME_CODE if meta.get(k, UNRECORDED) != first.get(k, UNRECORDED)]
         if differ:
             raise SystemExit(f"{source} ran other code than {sources[0]} ({', '.join(differ)} differ: "
@@ -66,6 +72,8 @@ def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = Fals
             "sources": [r["meta"]["command"] for r in results], "commits": [r["meta"].get("commit") for r in results],
             "note": " ".join(notes)}
     meta.pop("seeds", None), meta.pop("first_seed", None), meta.pop("commit", None)
+    if taught:
+        meta["teacher_fingerprints"] = taught[0][0]
     for key in SAME_CODE:
         meta.setdefault(key, UNRECORDED)
     return {"meta": meta, "methods": summarise_all(lists, first["teacher_map50_95"])}

@@ -243,6 +243,27 @@ def test_gain_with_a_given_teacher(tmp_path, data_yaml, teacher_pt):
     assert not (tmp_path / "cache" / "teachers").exists()
     done = _run("gain.py", "--data", data_yaml, "--teacher", str(tmp_path / "gone.pt"), rc=2)
     assert "--teacher" in done.stderr and "not a .pt checkpoint on disk" in done.stderr
+    from distill.teacher import fingerprint, load_teacher
+
+    assert result["meta"]["teacher_fingerprints"] == [fingerprint(load_teacher(teacher_pt))]
+    assert result["meta"]["teacher_fingerprints"][0] in out.with_suffix(".md").read_text()
+
+    # The same seed of kl again as a slice without its baseline (e.g. on the other core): it reproduces the first
+    # file's kl run, and gain_merge pairs it with the first file's baseline.
+    common = ("--data", data_yaml, "--task", "quick", "--teacher", teacher_pt, "--epochs", "1", "--seeds", "1")
+    _run("gain.py", *common, "--methods", "kl", "--no-baseline", "--out", str(tmp_path / "slice"))
+    sliced = json.loads((tmp_path / "slice.json").read_text())
+    assert list(sliced["methods"]) == ["kl"] and "gain" not in sliced["methods"]["kl"]
+    assert sliced["methods"]["kl"]["runs"][0]["map50_95"] == result["methods"]["kl"]["runs"][0]["map50_95"]
+    _run("gain_merge.py", str(tmp_path / "slice.json"), str(out.with_suffix(".json")), "--out", str(tmp_path / "pooled"))
+    pooled = json.loads((tmp_path / "pooled.json").read_text())
+    assert pooled["methods"]["kl"]["gain"] == pytest.approx(result["methods"]["kl"]["gain"], abs=1e-12)
+    for flags, message in ((("--methods", "kl", "--no-baseline"), "name it with --out"),
+                           (("--methods", "baseline", "--no-baseline", "--out", str(tmp_path / "x")), "no method to run"),
+                           (("--methods", "kl", "--no-baseline", "--equal-time", "--out", str(tmp_path / "x")),
+                            "drop --no-baseline")):
+        assert message in _run("gain.py", *common, *flags, rc=2).stderr
+    assert not (tmp_path / "x.json").exists()
 
 
 def test_gain_from_a_pretrained_student(tmp_path, data_yaml, teacher_pt):
@@ -325,10 +346,12 @@ def test_overhead_quick(tmp_path):
     assert all(r["step_s"] > 0 and r["peak_mb"] > 0 for r in rows.values())
 
 
-def _result(runs: dict[str, dict[int, float]], version: str = "a" * 40, epochs: int = 30) -> dict:
+def _result(runs: dict[str, dict[int, float]], version: str = "a" * 40, epochs: int = 30,
+            prints: list[str] | None = None) -> dict:
     meta = {"task": "full", "student": "yolov8n.yaml", "teacher": "t.pt", "teacher_map50_95": 0.09, "n_train": 256,
             "n_val": 64, "imgsz": 128, "epochs": epochs, "seed_list": sorted(runs["baseline"]), "device": "cpu",
-            "command": "gain", "code_version": version, "ultralytics": "8.4.190", "torch": "2.14.1"}
+            "command": "gain", "code_version": version, "ultralytics": "8.4.190", "torch": "2.14.1",
+            **({"teacher_fingerprints": prints} if prints else {})}
     return {"meta": meta, "methods": {spec: {"runs": _rows(v)} for spec, v in runs.items()}}
 
 
@@ -342,6 +365,8 @@ def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
                        "methods": {"baseline": {"runs": _rows({5: 0.05})}}},
         "clash": _result({"baseline": {1: 0.061}}),
         "epochs": _result({"baseline": {6: 0.05}}, epochs=3),
+        "taught": _result({"baseline": {2: 0.04}, "kl": {2: 0.05}}, prints=["1" * 16]),
+        "other_teacher": _result({"baseline": {7: 0.05}, "kl": {7: 0.06}}, prints=["2" * 16]),
     }
     paths = {}
     for name, res in files.items():
@@ -365,6 +390,11 @@ def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
     assert "ran other code" in refused("first", "unrecorded", flag=("--allow-unrecorded",))  # still not mixed
     assert "baseline seed 1 gave 0.06" in refused("first", "clash")
     assert "epochs differ" in refused("first", "epochs")
+    # same task and teacher mAP, other teacher weights: refused; unrecorded prints (older results) still pool
+    assert "other teacher weights" in refused("taught", "other_teacher")
+    assert "other teacher weights" in refused("first", "taught", "other_teacher")  # checked among those that record
+    _run("gain_merge.py", str(paths["first"]), str(paths["taught"]), "--out", str(out))
+    assert json.loads(out.with_suffix(".json").read_text())["meta"]["teacher_fingerprints"] == ["1" * 16]
 
 
 def test_gain_for_a_segment_student(tmp_path):
