@@ -69,10 +69,16 @@ def pick_teachers(teachers: Path | list[Path], choice: Any, spec: str) -> list[P
 
 
 def parse_methods(text: str, baseline: bool = True) -> list[Method]:
-    """The ';'-separated method specs, the baseline first (added when missing, dropped when not `baseline`)."""
-    methods = [Method(s.strip()) for s in text.split(";") if s.strip()]
-    methods = [m for m in methods if m.kind != "baseline"]
-    return [Method("baseline"), *methods] if baseline else methods
+    """The ';'-separated method specs, each once, the baseline first (added when missing; left out when not
+    `baseline`). ValueError for a baseline with options (it has none) or one named while left out."""
+    methods = list(dict.fromkeys(Method(s.strip()) for s in text.split(";") if s.strip()))
+    named = [m for m in methods if m.kind == "baseline"]
+    if any(m.spec != "baseline" for m in named):
+        raise ValueError(f"method {named[0].spec!r}: the baseline is plain training and takes no options.")
+    if named and not baseline:
+        raise ValueError("the methods name the baseline, which is left out here (--no-baseline): drop one of the two.")
+    rest = [m for m in methods if m.kind != "baseline"]
+    return [Method("baseline"), *rest] if baseline else rest
 
 
 def machine() -> str:

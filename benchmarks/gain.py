@@ -224,7 +224,7 @@ def plot(result: dict, path: Path) -> None:
     means = [result["methods"][n]["map50_95_mean"] for n in names]
     sds = [result["methods"][n]["map50_95_std"] for n in names]
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 4))
-    ax.bar(names, means, yerr=sds, capsize=4, color=["#888"] + ["#3a7"] * (len(names) - 1))
+    ax.bar(names, means, yerr=sds, capsize=4, color=["#888" if n == "baseline" else "#3a7" for n in names])
     ax.axhline(result["meta"]["teacher_map50_95"], color="#c33", ls="--", label="teacher")
     ax.set_ylabel("mAP50-95 (mean ± sd over seeds)")
     ax.set_title(f"Distillation gain, {result['meta']['task']} task")
@@ -293,7 +293,10 @@ def main(argv: list[str] | None = None) -> dict:
         p.error(f"--keep {a.keep}: a file is in the way; give a folder.")
     if a.teacher is not None and a.teacher_models is not None:
         p.error("--teacher and --teacher-models are two ways to name the teachers: give one.")
-    methods = parse_methods(a.methods, baseline=not a.no_baseline)
+    try:
+        methods = parse_methods(a.methods, baseline=not a.no_baseline)
+    except ValueError as e:
+        p.error(f"--methods {a.methods}: {e}")
     if a.no_baseline and not methods:
         p.error("--no-baseline leaves no method to run: name at least one in --methods.")
     if a.no_baseline and not a.out:

@@ -3,8 +3,9 @@
 extra seeds (`--first-seed` slices) alike, then recompute every statistic over the pooled seeds.
 
 The runs must be the same task, the same teacher and the same code: equal task fields, equal teacher
-weights where recorded (their fingerprints) and an equal recorded code version (commit, Ultralytics,
-torch). A slice run with --no-baseline pools with the baselines of another file. Training is
+weights (their fingerprints) and an equal recorded code version (commit, Ultralytics, torch); files
+written before these were recorded pool with each other, and with newer ones only under
+--allow-unrecorded. A slice run with --no-baseline pools with the baselines of another file. Training is
 deterministic per seed, so a seed that two files both ran must give the same mAP in both; the merge refuses otherwise. A single file is re-summarised.
 
     python benchmarks/gain_merge.py benchmarks/results/gain_bccd.json benchmarks/results/gain_bccd_seeds3-5.json \\
@@ -25,10 +26,19 @@ SAME_CODE = ("code_version", "ultralytics", "torch")
 UNRECORDED = "unrecorded"
 
 
+def prints_of(meta: dict) -> list[str] | None:
+    """The teachers' weight fingerprints a result records, or None (results written before they were)."""
+    return meta.get("teacher_fingerprints") or None
+
+
 def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = False) -> dict:
     """One result with the union of methods and seeds; SystemExit when the runs are not comparable."""
     first = results[0]["meta"]
-    taught = [(r["meta"]["teacher_fingerprints"], s) for r, s in zip(results, sources) if r["meta"].get("teacher_fingerprints")]
+    taught = [(prints_of(r["meta"]), s) for r, s in zip(results, sources) if prints_of(r["meta"])]
+    untaught = [s for r, s in zip(results, sources) if not prints_of(r["meta"])]
+    if taught and untaught and not allow_unrecorded:
+        raise SystemExit(f"{untaught[0]} does not record its teacher's weights, {taught[0][1]} does: they cannot be shown "
+                         "to share a teacher. Re-run it, or pass --allow-unrecorded to pool it anyway.")
     for result, source in zip(results, sources):
         meta = result["meta"]
         missing = [k for k in SAME_CODE if meta.get(k) is None]
@@ -38,7 +48,7 @@ def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = Fals
         differ = [k for k in SAME_TASK if meta.get(k) != first.get(k)]
         if differ:
             raise SystemExit(f"{source} is a different task from {sources[0]} ({', '.join(differ)} differ).")
-        prints = meta.get("teacher_fingerprints")
+        prints = prints_of(meta)
         if prints and prints != taught[0][0]:
             raise SystemExit(f"{source} was taught by other teacher weights than {taught[0][1]} (fingerprints {prints} vs "
                              f"{taught[0][0]}): a gain depends on its teacher, so these do not pool.")
@@ -56,7 +66,7 @@ def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = Fals
                     raise SystemExit(f"{spec} seed {row['seed']} gave {known['map50_95']} in "
                                      f"{origin[spec, row['seed']]} but {row['map50_95']} in {source}: not the same "
                                      "recipe, or training is not deterministic here.")
-                if known is None:
+                if known is None or len(row) > len(known):  # the fuller record (equal-time, kept run) of one run
                     runs[spec][row["seed"]], origin[spec, row["seed"]] = row, source
     if "baseline" not in runs:
         raise SystemExit("no baseline runs in the given files.")
@@ -72,7 +82,8 @@ def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = Fals
             "sources": [r["meta"]["command"] for r in results], "commits": [r["meta"].get("commit") for r in results],
             "note": " ".join(notes)}
     meta.pop("seeds", None), meta.pop("first_seed", None), meta.pop("commit", None)
-    if taught:
+    meta.pop("teacher_fingerprints", None)  # only what every file shows: recorded and unrecorded files pool unrecorded
+    if taught and not untaught:
         meta["teacher_fingerprints"] = taught[0][0]
     for key in SAME_CODE:
         meta.setdefault(key, UNRECORDED)

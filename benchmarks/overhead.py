@@ -167,7 +167,10 @@ def main(argv: list[str] | None = None) -> dict:
     batch = a.batch or (4 if a.quick else 16)
     steps = a.steps or (3 if a.quick else 10)
     data = synthetic_dataset(SyntheticSpec(n_train=max(batch * (steps + a.warmup), 16), n_val=8, imgsz=max(imgsz, 96), seed=0))
-    methods = [m.spec for m in parse_methods(a.methods)]
+    try:
+        methods = [m.spec for m in parse_methods(a.methods)]
+    except ValueError as e:
+        p.error(str(e))
     with tempfile.TemporaryDirectory() as tmp:
         teachers = [str(save_teacher(DetectionModel(cfg, nc=6, verbose=False), Path(tmp) / f"teacher{i}.pt"))
                     for i, cfg in enumerate(a.teachers)]

@@ -248,22 +248,30 @@ def test_gain_with_a_given_teacher(tmp_path, data_yaml, teacher_pt):
     assert result["meta"]["teacher_fingerprints"] == [fingerprint(load_teacher(teacher_pt))]
     assert result["meta"]["teacher_fingerprints"][0] in out.with_suffix(".md").read_text()
 
-    # The same seed of kl again as a slice without its baseline (e.g. on the other core): it reproduces the first
-    # file's kl run, and gain_merge pairs it with the first file's baseline.
-    common = ("--data", data_yaml, "--task", "quick", "--teacher", teacher_pt, "--epochs", "1", "--seeds", "1")
-    _run("gain.py", *common, "--methods", "kl", "--no-baseline", "--out", str(tmp_path / "slice"))
+    # The same seed of kl again as a slice without its baseline (e.g. on the other core), taught by a copy of the
+    # teacher under another name: it reproduces the first file's kl run, its print is the same whatever the file
+    # is called, and gain_merge pairs it with the first file's baseline.
+    import shutil
+
+    renamed = shutil.copyfile(teacher_pt, tmp_path / "renamed.pt")
+    common = ("--data", data_yaml, "--task", "quick", "--teacher", str(renamed), "--epochs", "1", "--seeds", "1")
+    env = {"DISTILL_CACHE_DIR": str(tmp_path / "cache")}
+    _run("gain.py", *common, "--methods", "kl;kl", "--no-baseline", "--out", str(tmp_path / "slice"), env=env)
     sliced = json.loads((tmp_path / "slice.json").read_text())
-    assert list(sliced["methods"]) == ["kl"] and "gain" not in sliced["methods"]["kl"]
+    assert list(sliced["methods"]) == ["kl"] and "gain" not in sliced["methods"]["kl"]  # "kl;kl" runs once
+    assert sliced["meta"]["teacher_fingerprints"] == result["meta"]["teacher_fingerprints"]
     assert sliced["methods"]["kl"]["runs"][0]["map50_95"] == result["methods"]["kl"]["runs"][0]["map50_95"]
+    assert (tmp_path / "slice.png").stat().st_size > 1000 and "| kl |" in (tmp_path / "slice.md").read_text()
     _run("gain_merge.py", str(tmp_path / "slice.json"), str(out.with_suffix(".json")), "--out", str(tmp_path / "pooled"))
     pooled = json.loads((tmp_path / "pooled.json").read_text())
     assert pooled["methods"]["kl"]["gain"] == pytest.approx(result["methods"]["kl"]["gain"], abs=1e-12)
+    assert pooled["meta"]["teacher_fingerprints"] == result["meta"]["teacher_fingerprints"]
+    assert not (tmp_path / "cache" / "teachers").exists()
     for flags, message in ((("--methods", "kl", "--no-baseline"), "name it with --out"),
-                           (("--methods", "baseline", "--no-baseline", "--out", str(tmp_path / "x")), "no method to run"),
-                           (("--methods", "kl", "--no-baseline", "--equal-time", "--out", str(tmp_path / "x")),
-                            "drop --no-baseline")):
-        assert message in _run("gain.py", *common, *flags, rc=2).stderr
-    assert not (tmp_path / "x.json").exists()
+                           (("--methods", "baseline;kl", "--no-baseline", "--out", "x"), "drop one of the two"),
+                           (("--methods", "baseline:lr0=0.1;kl", "--out", "x"), "takes no options"),
+                           (("--methods", "kl", "--no-baseline", "--equal-time", "--out", "x"), "drop --no-baseline")):
+        assert message in _run("gain.py", *common, *flags, rc=2, env=env).stderr
 
 
 def test_gain_from_a_pretrained_student(tmp_path, data_yaml, teacher_pt):
@@ -367,6 +375,7 @@ def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
         "epochs": _result({"baseline": {6: 0.05}}, epochs=3),
         "taught": _result({"baseline": {2: 0.04}, "kl": {2: 0.05}}, prints=["1" * 16]),
         "other_teacher": _result({"baseline": {7: 0.05}, "kl": {7: 0.06}}, prints=["2" * 16]),
+        "taught_more": _result({"kl": {8: 0.06}, "baseline": {8: 0.05}}, prints=["1" * 16]),
     }
     paths = {}
     for name, res in files.items():
@@ -390,10 +399,14 @@ def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
     assert "ran other code" in refused("first", "unrecorded", flag=("--allow-unrecorded",))  # still not mixed
     assert "baseline seed 1 gave 0.06" in refused("first", "clash")
     assert "epochs differ" in refused("first", "epochs")
-    # same task and teacher mAP, other teacher weights: refused; unrecorded prints (older results) still pool
+    # same task and teacher mAP, other teacher weights: refused; files that do not record their teacher's weights
+    # (older results) pool with each other as before, with recorded ones only on request, and the pool is unrecorded
     assert "other teacher weights" in refused("taught", "other_teacher")
-    assert "other teacher weights" in refused("first", "taught", "other_teacher")  # checked among those that record
-    _run("gain_merge.py", str(paths["first"]), str(paths["taught"]), "--out", str(out))
+    assert "does not record its teacher's weights" in refused("taught", "first")
+    assert "other teacher weights" in refused("first", "taught", "other_teacher", flag=("--allow-unrecorded",))
+    _run("gain_merge.py", str(paths["first"]), str(paths["taught"]), "--out", str(out), "--allow-unrecorded")
+    assert "teacher_fingerprints" not in json.loads(out.with_suffix(".json").read_text())["meta"]
+    _run("gain_merge.py", str(paths["taught"]), str(paths["taught_more"]), "--out", str(out))
     assert json.loads(out.with_suffix(".json").read_text())["meta"]["teacher_fingerprints"] == ["1" * 16]
 
 
