@@ -103,13 +103,16 @@ def code_version(root: Path | None = None) -> str:
     return f"code-{digest.hexdigest()[:12]}"
 
 
-def git_commit() -> str | None:
-    """The commit checked out, with '+changes' when the tree differs from it; None outside git."""
-    root = Path(__file__).resolve().parents[1]
+def git_commit(root: Path | None = None) -> str | None:
+    """The commit checked out, with '+changes' when a tracked file differs from it; None outside git.
+
+    Untracked files (a benchmark's own output folder) do not count: `code_version` covers new code files.
+    """
+    root = root or Path(__file__).resolve().parents[1]
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                                 check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain"], cwd=root, capture_output=True, text=True,
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True,
                                  check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None

@@ -76,7 +76,11 @@ def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = Fals
         unpaired = sorted({r["seed"] for r in rows} - set(ordered["baseline"]))
         if unpaired:
             raise SystemExit(f"{spec} ran seeds {unpaired} that no baseline ran: its gain could not be paired.")
-    notes = [f"{src}: {r['meta']['note']}" for r, src in zip(results, sources) if r["meta"].get("note")]
+    noted = [(src, r["meta"]["note"]) for r, src in zip(results, sources) if r["meta"].get("note")]
+    if len({note for _, note in noted}) == 1 and len(noted) == len(results):  # slices of one benchmark: say it once
+        notes = [noted[0][1]]
+    else:
+        notes = [f"{src}: {note}" for src, note in noted]
     meta = {**first, "seed_list": sorted({s for by_seed in ordered.values() for s in by_seed}),
             "command": "python benchmarks/gain_merge.py " + " ".join(sources),
             "sources": [r["meta"]["command"] for r in results], "commits": [r["meta"].get("commit") for r in results],

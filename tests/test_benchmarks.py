@@ -69,6 +69,27 @@ def test_code_version_follows_the_code_not_the_results(tmp_path):
     assert code_version(tmp_path) != version
 
 
+def test_git_commit_marks_edited_code_not_new_results(tmp_path):
+    """'+changes' when a tracked file differs from the commit; a benchmark's untracked output folder does not count
+    (code_version covers new code files)."""
+    from common import git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "train.py").write_text("print(1)\n")
+    git("add", "train.py")
+    git("commit", "-q", "-m", "first")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True, text=True).stdout.strip()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "gain.json").write_text("{}")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "train.py").write_text("print(2)\n")
+    assert git_commit(tmp_path) == head + "+changes"
+
+
 def test_equal_time_arithmetic():
     """The equal-time baseline trains the task's epochs times the method's wall-time ratio (rounded, never fewer),
     and its gain is the mean of the per-seed differences to that baseline."""
@@ -355,19 +376,19 @@ def test_overhead_quick(tmp_path):
 
 
 def _result(runs: dict[str, dict[int, float]], version: str = "a" * 40, epochs: int = 30,
-            prints: list[str] | None = None) -> dict:
+            prints: list[str] | None = None, note: str = "") -> dict:
     meta = {"task": "full", "student": "yolov8n.yaml", "teacher": "t.pt", "teacher_map50_95": 0.09, "n_train": 256,
             "n_val": 64, "imgsz": 128, "epochs": epochs, "seed_list": sorted(runs["baseline"]), "device": "cpu",
             "command": "gain", "code_version": version, "ultralytics": "8.4.190", "torch": "2.14.1",
-            **({"teacher_fingerprints": prints} if prints else {})}
+            **({"teacher_fingerprints": prints} if prints else {}), **({"note": note} if note else {})}
     return {"meta": meta, "methods": {spec: {"runs": _rows(v)} for spec, v in runs.items()}}
 
 
 def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
     files = {
-        "first": _result({"baseline": {0: 0.05, 1: 0.06}, "kl": {0: 0.07, 1: 0.07}}),
-        "slice": _result({"baseline": {2: 0.04, 3: 0.05}, "kl": {2: 0.05, 3: 0.06}}),  # --first-seed 2
-        "sweep": _result({"baseline": {0: 0.05, 1: 0.06}, "mgd": {0: 0.04, 1: 0.05}}),
+        "first": _result({"baseline": {0: 0.05, 1: 0.06}, "kl": {0: 0.07, 1: 0.07}}, note="converged"),
+        "slice": _result({"baseline": {2: 0.04, 3: 0.05}, "kl": {2: 0.05, 3: 0.06}}, note="converged"),  # --first-seed 2
+        "sweep": _result({"baseline": {0: 0.05, 1: 0.06}, "mgd": {0: 0.04, 1: 0.05}}, note="mgd sweep"),
         "other_code": _result({"baseline": {4: 0.05}, "kl": {4: 0.07}}, version="b" * 40),
         "unrecorded": {"meta": {k: v for k, v in _result({"baseline": {5: 0.05}})["meta"].items() if k != "code_version"},
                        "methods": {"baseline": {"runs": _rows({5: 0.05})}}},
@@ -390,6 +411,10 @@ def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
     assert kl["gain"] == pytest.approx(statistics.mean([0.02, 0.01, 0.01, 0.01]))  # recomputed over pooled seeds
     assert kl["paired_n"] == 4 and merged["methods"]["mgd"]["paired_n"] == 2
     assert "| mgd |" in out.with_suffix(".md").read_text()
+    # notes: each file's own where they differ, once where the files are slices of one benchmark
+    assert merged["meta"]["note"] == f"{paths['first']}: converged {paths['slice']}: converged {paths['sweep']}: mgd sweep"
+    _run("gain_merge.py", str(paths["first"]), str(paths["slice"]), "--out", str(out))
+    assert json.loads(out.with_suffix(".json").read_text())["meta"]["note"] == "converged"
 
     def refused(*names: str, flag: tuple[str, ...] = ()) -> str:
         return _run("gain_merge.py", *[str(paths[n]) for n in names], "--out", str(out), *flag, rc=1).stderr
