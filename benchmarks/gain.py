@@ -145,11 +145,19 @@ def summarise(rows: list[dict], baseline: list[dict] | None, teacher_map: float)
     return out
 
 
-def summarise_all(runs: dict[str, list[dict]], teacher_map: float) -> dict[str, dict]:
+def summarise_all(runs: dict[str, list[dict]], teacher_map: float, versus: str | None = None) -> dict[str, dict]:
     """summarise() for every method, each against the 'baseline' runs (no gain where none ran: a slice of methods
-    alone, pooled later with its baselines by gain_merge.py)."""
-    return {spec: summarise(rows, None if spec == "baseline" else runs.get("baseline"), teacher_map)
-            for spec, rows in runs.items()}
+    alone, pooled later with its baselines by gain_merge.py); with `versus`, every other method is also paired
+    against that method's runs, seed for seed (mAP50-95 differences, under 'versus')."""
+    out = {spec: summarise(rows, None if spec == "baseline" else runs.get("baseline"), teacher_map)
+           for spec, rows in runs.items()}
+    for spec, rows in runs.items():
+        if versus in runs and spec not in {"baseline", versus}:
+            other = {r["seed"]: r["map50_95"] for r in runs[versus]}
+            pairs = sorted((r["seed"], r["map50_95"] - other[r["seed"]]) for r in rows if r["seed"] in other)
+            out[spec]["versus"] = {"spec": versus, **gain_fields(differences([d for _, d in pairs])),
+                                   "per_seed": {str(seed): d for seed, d in pairs}}
+    return out
 
 
 def seed_label(seeds: list[int]) -> str:
@@ -196,6 +204,15 @@ def write_outputs(result: dict, out: Path) -> None:
         md += [f"| {spec} | {e['time_ratio_mean']:.2f} | {', '.join(map(str, e['epochs']))} | "
                f"{e['baseline_map50_95_mean']:.4f} | {e['gain']:+.4f} ± {e['gain_se']:.4f} | {e['gain_t']:+.1f} | "
                f"{e['seeds_ahead']}/{e['paired_n']} | {'yes' if e['significant'] else 'no'} |" for spec, e in timed.items()]
+    faced = {spec: s["versus"] for spec, s in methods.items() if "versus" in s}
+    if faced:
+        rival = next(iter(faced.values()))["spec"]
+        md += ["", f"Against `{rival}` (per seed: the method minus `{rival}` trained with the same seed):", "",
+               "| method | paired difference mAP50-95 (mean ± SE) | t | seeds ahead | difference > 2 SE | per seed |",
+               "|---|---|---|---|---|---|"]
+        md += [f"| {spec} | {v['gain']:+.4f} ± {v['gain_se']:.4f} | {v['gain_t']:+.1f} | {v['seeds_ahead']}/{v['paired_n']} "
+               f"| {'yes' if v['significant'] else 'no'} | "
+               f"{', '.join(f'{seed}: {d:+.4f}' for seed, d in v['per_seed'].items())} |" for spec, v in faced.items()]
     md += ["", "sd: sample standard deviation over seeds. Gains are paired: per seed, method minus the baseline "
            "trained with the same seed (same data order and initialisation); mean ± standard error of those "
            "differences, t = mean / SE. gap closed = gain / (teacher - baseline)."]
@@ -233,6 +250,15 @@ def plot(result: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def versus_problem(versus: str, specs: list[str]) -> str | None:
+    """Why `versus` cannot be the method every other is paired against, or None."""
+    if versus == "baseline":
+        return "every method is already paired against the baseline (the gain columns); name a method."
+    if versus not in specs:
+        return f"not one of the methods ({', '.join(specs) or 'none'}); name it exactly as in --methods."
+    return None
 
 
 def given_teacher_problem(path: str, task, teacher_epochs: int | None) -> str | None:
@@ -279,6 +305,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default=None)
     p.add_argument("--no-baseline", action="store_true", help="run only the methods named, not the baseline: a slice "
                    "(e.g. one method on one core) pooled by gain_merge.py with baselines run elsewhere, same code and seeds")
+    p.add_argument("--versus", default=None, metavar="SPEC",
+                   help="also pair every other method against this one of --methods, seed for seed (e.g. kl: does "
+                        "cwd+kl beat the default?)")
     p.add_argument("--note", default=None, help="what the run is for (e.g. 'confirmation seeds'), kept in the outputs")
     p.add_argument("--keep", default=None, metavar="DIR", help="keep every run's folder (weights, results.csv) under DIR "
                    "instead of a temporary folder, e.g. to export or report on the trained students afterwards")
@@ -297,6 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
         methods = parse_methods(a.methods, baseline=not a.no_baseline)
     except ValueError as e:
         p.error(f"--methods {a.methods}: {e}")
+    if a.versus is not None and (problem := versus_problem(a.versus, [m.spec for m in methods])):
+        p.error(f"--versus {a.versus}: {problem}")
     if a.no_baseline and not methods:
         p.error("--no-baseline leaves no method to run: name at least one in --methods.")
     if a.no_baseline and not a.out:
@@ -340,7 +371,7 @@ def main(argv: list[str] | None = None) -> dict:
             "code_version": code_version(), "commit": git_commit(),  # before training: what ran
             "ultralytics": ultralytics.__version__, "torch": torch.__version__,
             "command": "python benchmarks/gain.py" + (" " + " ".join(argv) if argv else ""),
-            **({"note": a.note} if a.note else {})}
+            **({"note": a.note} if a.note else {}), **({"versus": a.versus} if a.versus else {})}
     runs: dict[str, list[dict]] = {m.spec: [] for m in methods}
     with (contextlib.nullcontext(str(Path(a.keep).resolve())) if a.keep else tempfile.TemporaryDirectory()) as project:
         for seed in range(a.first_seed, a.first_seed + a.seeds):  # seeds outermost, outputs after each seed:
@@ -360,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict:
                                             if k in longer[epochs]}}
                 print(f"[gain] {m.spec} seed {seed}: {row}", flush=True)
             meta["seed_list"].append(seed)
-            result = {"meta": meta, "methods": summarise_all(runs, teacher_map)}
+            result = {"meta": meta, "methods": summarise_all(runs, teacher_map, a.versus)}
             write_outputs(result, out)
     print((out.with_suffix(".md")).read_text())
     return result

@@ -19,7 +19,7 @@ import json
 import math
 from pathlib import Path
 
-from gain import summarise_all, write_outputs  # noqa: I001  (gain sets sys.path and offline defaults through common)
+from gain import summarise_all, versus_problem, write_outputs  # noqa: I001  (gain sets sys.path and offline defaults through common)
 
 SAME_TASK = ("task", "student", "teacher_map50_95", "n_train", "n_val", "imgsz", "epochs")
 SAME_CODE = ("code_version", "ultralytics", "torch")
@@ -31,8 +31,9 @@ def prints_of(meta: dict) -> list[str] | None:
     return meta.get("teacher_fingerprints") or None
 
 
-def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = False) -> dict:
-    """One result with the union of methods and seeds; SystemExit when the runs are not comparable."""
+def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = False, versus: str | None = None) -> dict:
+    """One result with the union of methods and seeds (every other method paired against `versus` too, if given);
+    SystemExit when the runs are not comparable."""
     first = results[0]["meta"]
     taught = [(prints_of(r["meta"]), s) for r, s in zip(results, sources) if prints_of(r["meta"])]
     untaught = [s for r, s in zip(results, sources) if not prints_of(r["meta"])]
@@ -86,12 +87,17 @@ def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = Fals
             "sources": [r["meta"]["command"] for r in results], "commits": [r["meta"].get("commit") for r in results],
             "note": " ".join(notes)}
     meta.pop("seeds", None), meta.pop("first_seed", None), meta.pop("commit", None)
+    meta.pop("versus", None)
+    if versus is not None:
+        if problem := versus_problem(versus, list(lists)):
+            raise SystemExit(f"--versus {versus}: {problem}")
+        meta["versus"] = versus
     meta.pop("teacher_fingerprints", None)  # only what every file shows: recorded and unrecorded files pool unrecorded
     if taught and not untaught:
         meta["teacher_fingerprints"] = taught[0][0]
     for key in SAME_CODE:
         meta.setdefault(key, UNRECORDED)
-    return {"meta": meta, "methods": summarise_all(lists, first["teacher_map50_95"])}
+    return {"meta": meta, "methods": summarise_all(lists, first["teacher_map50_95"], versus)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -100,8 +106,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", required=True, help="output prefix: writes .json, .md, .png")
     p.add_argument("--allow-unrecorded", action="store_true",
                    help="pool files written before gain.py recorded its code version (marked 'unrecorded')")
+    p.add_argument("--versus", default=None, metavar="SPEC",
+                   help="also pair every other method against this one, seed for seed (e.g. kl)")
     a = p.parse_args(argv)
-    merged = merge([json.loads(Path(f).read_text()) for f in a.results], a.results, a.allow_unrecorded)
+    merged = merge([json.loads(Path(f).read_text()) for f in a.results], a.results, a.allow_unrecorded, a.versus)
     write_outputs(merged, Path(a.out))
     print(Path(a.out).with_suffix(".md").read_text())
     return merged

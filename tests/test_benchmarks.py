@@ -200,10 +200,11 @@ def test_convergence_teacher_of_another_model_with_train_overrides(tmp_path, dat
 
 def test_gain_quick(tmp_path):
     out = tmp_path / "gain"
-    _run("gain.py", "--quick", "--seeds", "2", "--methods", METHODS, "--note", "smoke", "--out", str(out))
+    _run("gain.py", "--quick", "--seeds", "2", "--methods", METHODS, "--note", "smoke", "--versus", "kl",
+         "--out", str(out))
     result = json.loads(out.with_suffix(".json").read_text())
     meta = result["meta"]
-    assert meta["seed_list"] == [0, 1] and meta["note"] == "smoke"
+    assert meta["seed_list"] == [0, 1] and meta["note"] == "smoke" and meta["versus"] == "kl"
     assert re.fullmatch(r"code-[0-9a-f]{12}", meta["code_version"]), meta["code_version"]
     assert meta["ultralytics"] and meta["torch"] and meta["machine"]
     assert list(result["methods"]) == METHODS.split(";")
@@ -215,7 +216,21 @@ def test_gain_quick(tmp_path):
             assert summary["gain"] == pytest.approx(statistics.mean(diffs), abs=1e-12)
             assert summary["gain_se"] == pytest.approx(statistics.stdev(diffs) / math.sqrt(2), abs=1e-12)
             assert summary["significant"] == (summary["gain"] > 2 * summary["gain_se"])
+    kl = {r["seed"]: r["map50_95"] for r in result["methods"]["kl"]["runs"]}
+    for spec, summary in result["methods"].items():  # --versus kl: every other method minus kl, seed for seed
+        if spec in {"baseline", "kl"}:
+            assert "versus" not in summary
+            continue
+        faced = summary["versus"]
+        assert faced["spec"] == "kl" and faced["per_seed"] == {
+            str(r["seed"]): pytest.approx(r["map50_95"] - kl[r["seed"]], abs=1e-12) for r in summary["runs"]}
+        assert faced["gain"] == pytest.approx(statistics.mean(faced["per_seed"].values()), abs=1e-12)
     md = out.with_suffix(".md").read_text()
+    assert "Against `kl`" in md and "| cwd+kl |" in md.split("Against `kl`")[1]
+    for versus, why in (("mgd:mgd_weight=2", "not one of the methods"), ("baseline", "already paired")):
+        done = _run("gain.py", "--quick", "--methods", "baseline;mgd", "--versus", versus, "--out",
+                    str(tmp_path / "bad"), rc=2)
+        assert why in done.stderr and not (tmp_path / "bad.json").exists()
     assert "| builtin |" in md and "paired gain mAP50-95 (mean ± SE)" in md and meta["code_version"] in md
     assert out.with_suffix(".png").stat().st_size > 1000
 
@@ -411,6 +426,14 @@ def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
     assert kl["gain"] == pytest.approx(statistics.mean([0.02, 0.01, 0.01, 0.01]))  # recomputed over pooled seeds
     assert kl["paired_n"] == 4 and merged["methods"]["mgd"]["paired_n"] == 2
     assert "| mgd |" in out.with_suffix(".md").read_text()
+    _run("gain_merge.py", str(paths["first"]), str(paths["slice"]), str(paths["sweep"]), "--versus", "kl",
+         "--out", str(out))
+    merged = json.loads(out.with_suffix(".json").read_text())
+    assert merged["meta"]["versus"] == "kl" and "versus" not in merged["methods"]["kl"]
+    assert merged["methods"]["mgd"]["versus"]["per_seed"] == {"0": pytest.approx(-0.03), "1": pytest.approx(-0.02)}
+    assert merged["methods"]["mgd"]["versus"]["seeds_ahead"] == 0
+    assert "not one of the methods" in _run("gain_merge.py", str(paths["first"]), "--versus", "mgd", "--out",
+                                             str(tmp_path / "bad"), rc=1).stderr
     # notes: each file's own where they differ, once where the files are slices of one benchmark
     assert merged["meta"]["note"] == f"{paths['first']}: converged {paths['slice']}: converged {paths['sweep']}: mgd sweep"
     _run("gain_merge.py", str(paths["first"]), str(paths["slice"]), "--out", str(out))
