@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -101,6 +102,11 @@ def code_version(root: Path | None = None) -> str:
     for path in sorted({p for pattern in CODE_FILES for p in root.glob(pattern) if p.is_file()}):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return f"code-{digest.hexdigest()[:12]}"
+
+
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How a benchmark was run, quoted so that the line can be pasted into a shell as it is."""
+    return shlex.join(["python", f"benchmarks/{script}", *(argv or [])])
 
 
 def git_commit(root: Path | None = None) -> str | None:

@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from gain import differences, sample_sd, train_once, validate  # noqa: I001  (gain sets sys.path and offline defaults)
-from common import Method, code_version, finite, git_commit, machine
+from common import Method, code_version, command_line, finite, git_commit, machine
 from recipes import STUDENT, TASKS, select_task
 
 from distill.demo import DEMO_TEACHER, teacher_history
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
             "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "seed_list": [],
             "machine": machine(), "code_version": code_version(), "commit": git_commit(),
             "ultralytics": ultralytics.__version__, "torch": torch.__version__,
-            "command": "python benchmarks/convergence.py" + (" " + " ".join(argv) if argv else "")}
+            "command": command_line("convergence.py", argv)}
     runs: dict[int, list[dict]] = {e: [] for e in epochs}
     with tempfile.TemporaryDirectory() as project:
         for seed in range(a.first_seed, a.first_seed + a.seeds):  # outputs after every seed

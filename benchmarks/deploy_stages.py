@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Method, code_version, git_commit, machine  # noqa: I001  (sets sys.path, offline defaults)
+from common import Method, code_version, command_line, git_commit, machine  # noqa: I001  (sets sys.path, offline defaults)
 from gain import given_teacher_problem, train_once
 from recipes import STUDENT, TASKS, select_task
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
             "n_train_val": task.split_sizes(), "device": a.device or "auto",
             "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "machine": machine(),
             "code_version": code_version(), "commit": git_commit(), "ultralytics": ultralytics.__version__,
-            "torch": torch.__version__, "command": "python benchmarks/deploy_stages.py" + (" " + " ".join(argv) if argv else "")}
+            "torch": torch.__version__, "command": command_line("deploy_stages.py", argv)}
 
     train: dict = {"seconds_prune": seconds_prune}
     # separate projects: the student's and the pruned model's runs may share a method and an epoch count

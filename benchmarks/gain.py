@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Method, code_version, finite, git_commit, machine, parse_methods  # noqa: I001  (sets sys.path, offline defaults)
+from common import Method, code_version, command_line, finite, git_commit, machine, parse_methods  # noqa: I001  (sets sys.path, offline defaults)
 from recipes import STUDENT, TASKS, YOLO_TASKS, select_task, task_model
 
 import torch
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> dict:
             "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "seed_list": [], "device": a.device or "auto", "machine": machine(),
             "code_version": code_version(), "commit": git_commit(),  # before training: what ran
             "ultralytics": ultralytics.__version__, "torch": torch.__version__,
-            "command": "python benchmarks/gain.py" + (" " + " ".join(argv) if argv else ""),
+            "command": command_line("gain.py", argv),
             **({"note": a.note} if a.note else {}), **({"versus": a.versus} if a.versus else {})}
     runs: dict[str, list[dict]] = {m.spec: [] for m in methods}
     with (contextlib.nullcontext(str(Path(a.keep).resolve())) if a.keep else tempfile.TemporaryDirectory()) as project:

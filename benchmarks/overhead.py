@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Method, code_version, finite, git_commit, machine, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
+from common import Method, code_version, command_line, finite, git_commit, machine, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
 from recipes import STUDENT
 
 import torch
@@ -191,7 +191,7 @@ def main(argv: list[str] | None = None) -> dict:
             "device": timing["device"], "amp": timing["amp"], "torch": torch.__version__, "machine": machine(),
             "code_version": code_version(), "commit": git_commit(), "lower_bound_s": bound,
             "lower_bound_teacher_images": timing["teacher_images"], "lower_bound_ratio_to_plain": bound / plain,
-            "command": "python benchmarks/overhead.py" + (" " + " ".join(argv) if argv else "")}
+            "command": command_line("overhead.py", argv)}
     result = {"meta": meta, "rows": rows}
     out = Path(a.out or f"benchmarks/results/overhead{'_quick' if a.quick else ''}")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -90,6 +90,18 @@ def test_git_commit_marks_edited_code_not_new_results(tmp_path):
     assert git_commit(tmp_path) == head + "+changes"
 
 
+def test_command_line_is_quoted_for_a_shell():
+    """A recorded command pastes back into a shell as it ran: notes with spaces, method lists with ';'."""
+    import shlex
+
+    from common import command_line
+
+    argv = ["--note", "converged BCCD, seeds 0-1", "--methods", "baseline;cwd+kl"]
+    line = command_line("gain.py", argv)
+    assert line == "python benchmarks/gain.py --note 'converged BCCD, seeds 0-1' --methods 'baseline;cwd+kl'"
+    assert shlex.split(line)[2:] == argv and command_line("gain.py", None) == "python benchmarks/gain.py"
+
+
 def test_equal_time_arithmetic():
     """The equal-time baseline trains the task's epochs times the method's wall-time ratio (rounded, never fewer),
     and its gain is the mean of the per-seed differences to that baseline."""
