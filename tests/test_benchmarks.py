@@ -442,6 +442,7 @@ def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
          "--out", str(out))
     merged = json.loads(out.with_suffix(".json").read_text())
     assert merged["meta"]["versus"] == "kl" and "versus" not in merged["methods"]["kl"]
+    assert merged["meta"]["command"].endswith("--versus kl --out " + str(out))
     assert merged["methods"]["mgd"]["versus"]["per_seed"] == {"0": pytest.approx(-0.03), "1": pytest.approx(-0.02)}
     assert merged["methods"]["mgd"]["versus"]["seeds_ahead"] == 0
     assert "not one of the methods" in _run("gain_merge.py", str(paths["first"]), "--versus", "mgd", "--out",
