@@ -105,8 +105,9 @@ def code_version(root: Path | None = None) -> str:
 
 
 def command_line(script: str, argv: list[str] | None) -> str:
-    """How a benchmark was run, quoted so that the line can be pasted into a shell as it is."""
-    return shlex.join(["python", f"benchmarks/{script}", *(argv or [])])
+    """How a benchmark was run, quoted so that the line can be pasted into a shell as it is (argv None: this
+    process's own arguments, as argparse reads them then)."""
+    return shlex.join(["python", f"benchmarks/{script}", *(sys.argv[1:] if argv is None else argv)])
 
 
 def git_commit(root: Path | None = None) -> str | None:

@@ -155,6 +155,8 @@ def summarise_all(runs: dict[str, list[dict]], teacher_map: float, versus: str |
         if versus in runs and spec not in {"baseline", versus}:
             other = {r["seed"]: r["map50_95"] for r in runs[versus]}
             pairs = sorted((r["seed"], r["map50_95"] - other[r["seed"]]) for r in rows if r["seed"] in other)
+            if not pairs:  # no seed in common (slices not yet pooled): nothing to pair
+                continue
             out[spec]["versus"] = {"spec": versus, **gain_fields(differences([d for _, d in pairs])),
                                    "per_seed": {str(seed): d for seed, d in pairs}}
     return out
@@ -255,9 +257,9 @@ def plot(result: dict, path: Path) -> None:
 def versus_problem(versus: str, specs: list[str]) -> str | None:
     """Why `versus` cannot be the method every other is paired against, or None."""
     if versus == "baseline":
-        return "every method is already paired against the baseline (the gain columns); name a method."
+        return "name a method: every method is paired against the baseline anyway (the gain columns)."
     if versus not in specs:
-        return f"not one of the methods ({', '.join(specs) or 'none'}); name it exactly as in --methods."
+        return f"not one of the methods ({', '.join(specs) or 'none'}); name it exactly as the methods are named."
     return None
 
 
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default=None)
     p.add_argument("--no-baseline", action="store_true", help="run only the methods named, not the baseline: a slice "
                    "(e.g. one method on one core) pooled by gain_merge.py with baselines run elsewhere, same code and seeds")
-    p.add_argument("--versus", default=None, metavar="SPEC",
+    p.add_argument("--versus", default=None, metavar="SPEC", type=str.strip,
                    help="also pair every other method against this one of --methods, seed for seed (e.g. kl: does "
                         "cwd+kl beat the default?)")
     p.add_argument("--note", default=None, help="what the run is for (e.g. 'confirmation seeds'), kept in the outputs")

@@ -84,10 +84,13 @@ def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = Fals
     else:
         notes = [f"{src}: {note}" for src, note in noted]
     meta = {**first, "seed_list": sorted({s for by_seed in ordered.values() for s in by_seed}),
-            "command": "python benchmarks/gain_merge.py " + " ".join(sources),
+            "command": command_line("gain_merge.py", sources),
             "sources": [r["meta"]["command"] for r in results], "commits": [r["meta"].get("commit") for r in results],
             "note": " ".join(notes)}
     meta.pop("seeds", None), meta.pop("first_seed", None), meta.pop("commit", None)
+    recorded = {r["meta"]["versus"] for r in results if r["meta"].get("versus")}
+    if versus is None and len(recorded) == 1:  # what the slices were run with, unless the merge names another
+        versus = recorded.pop()
     meta.pop("versus", None)
     if versus is not None:
         if problem := versus_problem(versus, list(lists)):
@@ -107,8 +110,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", required=True, help="output prefix: writes .json, .md, .png")
     p.add_argument("--allow-unrecorded", action="store_true",
                    help="pool files written before gain.py recorded its code version (marked 'unrecorded')")
-    p.add_argument("--versus", default=None, metavar="SPEC",
-                   help="also pair every other method against this one, seed for seed (e.g. kl)")
+    p.add_argument("--versus", default=None, metavar="SPEC", type=str.strip,
+                   help="also pair every other method against this one, seed for seed (e.g. kl; default: the one the "
+                        "results were run with, if they agree)")
     a = p.parse_args(argv)
     merged = merge([json.loads(Path(f).read_text()) for f in a.results], a.results, a.allow_unrecorded, a.versus)
     merged["meta"]["command"] = command_line("gain_merge.py", argv)  # with its options, as it ran

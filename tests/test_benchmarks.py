@@ -242,7 +242,7 @@ def test_gain_quick(tmp_path):
     for versus, why in (("mgd:mgd_weight=2", "not one of the methods"), ("baseline", "already paired")):
         done = _run("gain.py", "--quick", "--methods", "baseline;mgd", "--versus", versus, "--out",
                     str(tmp_path / "bad"), rc=2)
-        assert why in done.stderr and not (tmp_path / "bad.json").exists()
+        assert why in done.stderr and "[gain]" not in done.stdout and not (tmp_path / "bad.json").exists()
     assert "| builtin |" in md and "paired gain mAP50-95 (mean ± SE)" in md and meta["code_version"] in md
     assert out.with_suffix(".png").stat().st_size > 1000
 
@@ -412,6 +412,8 @@ def _result(runs: dict[str, dict[int, float]], version: str = "a" * 40, epochs: 
 
 
 def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
+    import shlex
+
     files = {
         "first": _result({"baseline": {0: 0.05, 1: 0.06}, "kl": {0: 0.07, 1: 0.07}}, note="converged"),
         "slice": _result({"baseline": {2: 0.04, 3: 0.05}, "kl": {2: 0.05, 3: 0.06}}, note="converged"),  # --first-seed 2
@@ -442,9 +444,16 @@ def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
          "--out", str(out))
     merged = json.loads(out.with_suffix(".json").read_text())
     assert merged["meta"]["versus"] == "kl" and "versus" not in merged["methods"]["kl"]
-    assert merged["meta"]["command"].endswith("--versus kl --out " + str(out))
-    assert merged["methods"]["mgd"]["versus"]["per_seed"] == {"0": pytest.approx(-0.03), "1": pytest.approx(-0.02)}
-    assert merged["methods"]["mgd"]["versus"]["seeds_ahead"] == 0
+    assert shlex.split(merged["meta"]["command"])[-4:] == ["--versus", "kl", "--out", str(out)]
+    faced = merged["methods"]["mgd"]["versus"]  # mgd 0.04, 0.05 against kl 0.07, 0.07 (seeds 0, 1)
+    assert faced["per_seed"] == {"0": pytest.approx(-0.03), "1": pytest.approx(-0.02)}
+    assert (faced["gain"], faced["gain_se"]) == (pytest.approx(-0.025), pytest.approx(0.005))
+    assert faced["gain_t"] == pytest.approx(-5.0) and faced["seeds_ahead"] == 0 and not faced["significant"]
+    assert "| mgd | -0.0250 ± 0.0050 | -5.0 | 0/2 | no | 0: -0.0300, 1: -0.0200 |" in out.with_suffix(".md").read_text()
+    # a merge without --versus keeps the one its files were run with
+    (tmp_path / "versed.json").write_text(out.with_suffix(".json").read_text())
+    _run("gain_merge.py", str(tmp_path / "versed.json"), "--out", str(out))
+    assert json.loads(out.with_suffix(".json").read_text())["methods"]["mgd"]["versus"]["spec"] == "kl"
     assert "not one of the methods" in _run("gain_merge.py", str(paths["first"]), "--versus", "mgd", "--out",
                                              str(tmp_path / "bad"), rc=1).stderr
     # notes: each file's own where they differ, once where the files are slices of one benchmark
