@@ -90,7 +90,7 @@ def test_git_commit_marks_edited_code_not_new_results(tmp_path):
     assert git_commit(tmp_path) == head + "+changes"
 
 
-def test_command_line_is_quoted_for_a_shell():
+def test_command_line_is_quoted_for_a_shell(monkeypatch):
     """A recorded command pastes back into a shell as it ran: notes with spaces, method lists with ';'."""
     import shlex
 
@@ -99,7 +99,9 @@ def test_command_line_is_quoted_for_a_shell():
     argv = ["--note", "converged BCCD, seeds 0-1", "--methods", "baseline;cwd+kl"]
     line = command_line("gain.py", argv)
     assert line == "python benchmarks/gain.py --note 'converged BCCD, seeds 0-1' --methods 'baseline;cwd+kl'"
-    assert shlex.split(line)[2:] == argv and command_line("gain.py", None) == "python benchmarks/gain.py"
+    assert shlex.split(line)[2:] == argv and command_line("gain.py", []) == "python benchmarks/gain.py"
+    monkeypatch.setattr(sys, "argv", ["gain_merge.py", "a b.json", "--versus", "kl"])  # main() without argv: its own
+    assert command_line("gain_merge.py", None) == "python benchmarks/gain_merge.py 'a b.json' --versus kl"
 
 
 def test_equal_time_arithmetic():
@@ -239,7 +241,7 @@ def test_gain_quick(tmp_path):
         assert faced["gain"] == pytest.approx(statistics.mean(faced["per_seed"].values()), abs=1e-12)
     md = out.with_suffix(".md").read_text()
     assert "Against `kl`" in md and "| cwd+kl |" in md.split("Against `kl`")[1]
-    for versus, why in (("mgd:mgd_weight=2", "not one of the methods"), ("baseline", "already paired")):
+    for versus, why in (("mgd:mgd_weight=2", "not one of the methods"), ("baseline", "paired against the baseline anyway")):
         done = _run("gain.py", "--quick", "--methods", "baseline;mgd", "--versus", versus, "--out",
                     str(tmp_path / "bad"), rc=2)
         assert why in done.stderr and "[gain]" not in done.stdout and not (tmp_path / "bad.json").exists()
