@@ -151,14 +151,16 @@ def summarise_all(runs: dict[str, list[dict]], teacher_map: float, versus: str |
     against that method's runs, seed for seed (mAP50-95 differences, under 'versus')."""
     out = {spec: summarise(rows, None if spec == "baseline" else runs.get("baseline"), teacher_map)
            for spec, rows in runs.items()}
+    if versus not in runs:
+        return out
+    against = {r["seed"] for r in runs[versus]}
     for spec, rows in runs.items():
-        if versus in runs and spec not in {"baseline", versus}:
-            other = {r["seed"]: r["map50_95"] for r in runs[versus]}
-            pairs = sorted((r["seed"], r["map50_95"] - other[r["seed"]]) for r in rows if r["seed"] in other)
-            if not pairs:  # no seed in common (slices not yet pooled): nothing to pair
-                continue
-            out[spec]["versus"] = {"spec": versus, **gain_fields(differences([d for _, d in pairs])),
-                                   "per_seed": {str(seed): d for seed, d in pairs}}
+        shared = sorted((r for r in rows if r["seed"] in against), key=lambda r: r["seed"])
+        if spec in {"baseline", versus} or not shared:  # no seed in common (slices not yet pooled): nothing to pair
+            continue
+        d = paired(shared, runs[versus])
+        out[spec]["versus"] = {"spec": versus, **gain_fields(d),
+                               "per_seed": {str(r["seed"]): x for r, x in zip(shared, d["diffs"])}}
     return out
 
 
