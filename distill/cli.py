@@ -119,7 +119,7 @@ def attach_layer_values(argv: list[str]) -> list[str]:
 
 def typed_options(argv: list[str], parser: argparse.ArgumentParser) -> dict[str, Any]:
     """The options the user actually typed (dest -> value), whatever their value: a typed flag beats a
-    preset even when it repeats the flag's default (`--config cwd.yaml --loss kl` trains kl)."""
+    preset even when it repeats the flag's default (`--config kl.yaml --loss cwd+kl` trains cwd+kl)."""
     bare = copy.deepcopy(parser)
     for action in bare._actions:
         action.default = argparse.SUPPRESS

@@ -168,24 +168,27 @@ def test_each_preset_trains_its_own_losses(preset, data_yaml, teacher_pt, projec
 
 
 def test_typed_flags_beat_the_preset(data_yaml, teacher_pt, project):
-    """Typed flags win over the preset, even when they repeat the CLI's default value (--loss kl)."""
+    """Typed flags win over the preset, even when they repeat the CLI's default value (--loss cwd+kl)."""
     from distill.cli import build_parser, parse_extra, train_args, typed_options
+    from distill.config import CORE_KEYS
 
+    default = CORE_KEYS["loss_type"][0]
+    assert default == "cwd+kl"  # the case this test is about: the typed loss equals the flag's default
     preset = Path(project).parent / "preset.yaml"  # values that differ from every default
-    preset.write_text("loss_type: cwd+kl\nkl_weight: 0.25\nkl_temperature: 2.0\ncwd_tau: 3.0\ndistill_weight: 0.5\n")
-    argv = ["--config", str(preset), "--loss", "kl", "--kl-weight", "0.5", "lr0=0.02"]
+    preset.write_text("loss_type: kl\nkl_weight: 0.25\nkl_temperature: 2.0\ndistill_weight: 0.5\n")
+    argv = ["--config", str(preset), "--loss", default, "--kl-weight", "0.5", "lr0=0.02"]
     parser = build_parser()
     ns, rest = parser.parse_known_args(argv)
     args = train_args(ns, parse_extra(rest), typed_options(argv, parser))
-    # typed: loss (even though 'kl' is the CLI's default) and kl_weight; untyped: the preset's values stay
-    assert (args["loss_type"], args["kl_weight"], args["lr0"]) == ("kl", 0.5, 0.02)
+    # typed: loss (even though it is the CLI's default) and kl_weight; untyped: the preset's values stay
+    assert (args["loss_type"], args["kl_weight"], args["lr0"]) == ("cwd+kl", 0.5, 0.02)
     assert (args["kl_temperature"], args["distill_weight"]) == (2.0, 0.5)
     model = YOLO("yolov8n.yaml")
     model.train(data=data_yaml, Distillation=teacher_pt, name="typed", **{**args, "project": project}, **TRAIN)
     distiller = model.trainer.distiller
-    assert list(distiller.losses) == ["kl"]
+    assert sorted(distiller.losses) == ["cwd", "kl"]
     assert (distiller.losses["kl"].weight, distiller.losses["kl"].temperature, distiller.settings.weight) == (0.5, 2.0, 0.5)
-    assert _loss_columns(Path(model.trainer.save_dir)) == {"kl"}
+    assert _loss_columns(Path(model.trainer.save_dir)) == {"cwd", "kl"}
 
 
 def test_cli_new_losses_with_self_balancing(data_yaml, teacher_pt, project):
