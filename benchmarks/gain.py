@@ -311,7 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
                    "(e.g. one method on one core) pooled by gain_merge.py with baselines run elsewhere, same code and seeds")
     p.add_argument("--versus", default=None, metavar="SPEC", type=str.strip,
                    help="also pair every other method against this one of --methods, seed for seed (e.g. kl: does "
-                        "cwd+kl beat the default?)")
+                        "cwd+kl beat kl alone?)")
     p.add_argument("--note", default=None, help="what the run is for (e.g. 'confirmation seeds'), kept in the outputs")
     p.add_argument("--keep", default=None, metavar="DIR", help="keep every run's folder (weights, results.csv) under DIR "
                    "instead of a temporary folder, e.g. to export or report on the trained students afterwards")

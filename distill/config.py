@@ -25,9 +25,10 @@ BALANCE_BY = ("value", "gradient")
 CORE_KEYS: dict[str, tuple[Any, str]] = {
     "Distillation": (None, "teacher: .pt checkpoint, model .yaml, YOLO object or nn.Module; or a list of them "
                      "(several teachers)"),
-    # Default = best measured at convergence on real data: benchmarks/results/gain_bccd-long-cpu.md (BCCD,
-    # 6 seeds: cwd+kl +0.024 mAP50-95 over the baseline, +0.011 over kl alone, t 3.8). On the synthetic
-    # task's short schedule kl alone led (gain_all.md: +0.018 against +0.009, 3 seeds).
+    # Default = highest mean gain at convergence on BCCD: benchmarks/results/gain_bccd-long-cpu.md (6 seeds:
+    # cwd+kl +0.024 mAP50-95 over the baseline, +0.011 over kl alone, t 3.8; cwd alone +0.020, not
+    # distinguishable). On the synthetic task's short schedule kl alone led (gain_all.md: +0.018 against
+    # +0.009) and cwd alone gained nothing (3 seeds), so the combination is the one positive on both.
     "loss_type": ("cwd+kl", "distillation loss name(s) from the registry, '+'-joined, e.g. 'cwd+kl'"),
     "distill_weight": (1.0, "global multiplier on every distillation term"),
     "distill_schedule": ("constant", f"epoch-level weight schedule: {', '.join(SCHEDULES)}"),

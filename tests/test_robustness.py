@@ -315,7 +315,10 @@ def renamed_data(tmp_path_factory, data_yaml) -> str:
         ("offline_asset", "teacher weights 'yolov8s.pt' are not on disk and this machine is offline"),
         ("offline_student", "student weights 'yolov8n.pt' are not on disk and this machine is offline"),
         ("classifier", "teacher must be a YOLO detection model, but its head is 'Classify'"),
-        ("classes", "shares no class name with the dataset; the logit loss 'kl' needs classes it can match by name"),
+        ("classes", "shares no class name with the dataset; the logit loss 'kl' (of loss_type 'kl') needs classes it "
+                    "can match by name"),
+        ("classes_default", "the logit loss 'kl' (of loss_type 'cwd+kl', the default) needs classes it can match by "
+                            "name. Use a teacher trained on these classes, or only losses that need no shared classes"),
         ("levels", "the student (yolov8n-p2.yaml) distils 4 levels"),
         ("unknown_loss", "unknown distillation loss 'fgd'. Registered losses: at, at_channel, crosskd, cwd, kl, mgd, mimic, pkd"),
         ("negative_weight", "distill_weight must be >= 0"),
@@ -335,6 +338,7 @@ def test_bad_input_fails_before_training(case, message, data_yaml, teacher_pt, c
         "offline_student": ["--teacher", teacher_pt, "--student", "yolov8n.pt"],
         "classifier": ["--teacher", classify_pt],
         "classes": ["--teacher", teacher_pt, "--loss", "kl", "--data", renamed_data],
+        "classes_default": ["--teacher", teacher_pt, "--data", renamed_data],  # no --loss: the message names the default
         "levels": ["--teacher", teacher_pt, "--student", "yolov8n-p2.yaml"],
         "unknown_loss": ["--teacher", teacher_pt, "--loss", "cwd+fgd"],
         "negative_weight": ["--teacher", teacher_pt, "--distill-weight", "-1"],
