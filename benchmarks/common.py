@@ -82,6 +82,22 @@ def parse_methods(text: str, baseline: bool = True) -> list[Method]:
     return [Method("baseline"), *rest] if baseline else rest
 
 
+OUTPUT_SUFFIXES = (".json", ".md", ".png")
+
+
+def output_file(out: str | Path, ext: str) -> Path:
+    """The file that the output prefix `out` names with extension `ext` (".json", ".md", ".png").
+
+    The extension is appended, not swapped in: a dot inside the name (a weight 0.25 in a method, a teacher
+    named yolov8s-0.6) is part of it, and Path.with_suffix would cut the name there, so two results would
+    write one file. A prefix already ending in one of OUTPUT_SUFFIXES has that ending replaced.
+    """
+    out = Path(out)
+    if out.suffix in OUTPUT_SUFFIXES:
+        out = out.with_suffix("")
+    return out.with_name(out.name + ext)
+
+
 def machine() -> str:
     """CPU model and core count, or the GPU's name: absolute times and even mAP depend on it."""
     from distill.deploy.report import cpu_name

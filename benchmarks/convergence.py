@@ -26,7 +26,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from gain import differences, sample_sd, train_once, validate  # noqa: I001  (gain sets sys.path and offline defaults)
-from common import Method, code_version, command_line, finite, git_commit, machine
+from common import Method, code_version, command_line, finite, git_commit, machine, output_file
 from recipes import STUDENT, TASKS, select_task
 
 from distill.demo import DEMO_TEACHER, teacher_history
@@ -85,7 +85,7 @@ def pool(results: list[dict], sources: list[str]) -> dict:
 
 def write_outputs(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(finite(result), indent=2))
+    output_file(out, ".json").write_text(json.dumps(finite(result), indent=2))
     meta = result["meta"]
     md = [f"# Convergence of {meta['model']} ({meta['task']} task)", "",
           f"{meta['n_train']} train / {meta['n_val']} val images, imgsz {meta['imgsz']}, recipe {meta['recipe']}; "
@@ -101,8 +101,8 @@ def write_outputs(result: dict, out: Path) -> None:
     md += [f"| {s['epochs']} -> {s['doubled']} | {s['map_mean']:.4f} | {s['doubled_map_mean']:.4f} | "
            f"{s['relative_gain']:+.1%} | {s['gain']:+.4f} ± {s['gain_se'] if s['gain_se'] is not None else float('nan'):.4f} | "
            f"{'yes' if s['converged'] else 'no'} |" for s in result["steps"]]
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    plot(result, out.with_suffix(".png"))
+    output_file(out, ".md").write_text("\n".join(md) + "\n")
+    plot(result, output_file(out, ".png"))
 
 
 def plot(result: dict, path: Path) -> None:
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
             p.error("--merge needs --out")
         result = pool([json.loads(Path(f).read_text()) for f in a.merge], a.merge)
         write_outputs(result, Path(a.out))
-        print(Path(a.out).with_suffix(".md").read_text())
+        print(output_file(Path(a.out), ".md").read_text())
         return result
     if not a.epochs:
         p.error("--epochs is required (or --merge)")
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> dict:
             result = {"meta": meta, "runs": {str(e): rows for e, rows in runs.items()},
                       "steps": budget_steps(epochs, runs)}
             write_outputs(result, out)
-    print(out.with_suffix(".md").read_text())
+    print(output_file(out, ".md").read_text())
     return result
 
 

@@ -21,6 +21,7 @@ import distill  # noqa: E402,F401  (offline defaults first)
 import torch  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 
+from common import output_file  # noqa: E402  (the benchmarks' folder is on sys.path when run as a script)
 from distill import YOLO  # noqa: E402
 from distill.compare import results_columns  # noqa: E402
 from distill.losses import available_losses  # noqa: E402
@@ -70,12 +71,12 @@ def main() -> None:
             "threads": torch.get_num_threads()}
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    output_file(out, ".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     md = [f"Seconds per epoch, {a.student} student, {a.teacher} teacher, {a.n_train} images at {a.imgsz} px, "
           f"batch {a.batch}, device {a.device}; median of epochs 2..{a.epochs - 1}.", "",
           "| method | s/epoch | ratio to plain |", "|---|---|---|"]
     md += [f"| {r['method']} | {r['epoch_s']:.2f} | {r['ratio_to_plain']:.2f} |" for r in rows]
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    output_file(out, ".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Method, code_version, command_line, finite, git_commit, machine, parse_methods  # noqa: I001  (sets sys.path, offline defaults)
+from common import Method, code_version, command_line, finite, git_commit, machine, output_file, parse_methods  # noqa: I001  (sets sys.path, offline defaults)
 from recipes import STUDENT, TASKS, YOLO_TASKS, select_task, task_model
 
 import torch
@@ -178,7 +178,7 @@ def seed_label(seeds: list[int]) -> str:
 
 def write_outputs(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(finite(result), indent=2))
+    output_file(out, ".json").write_text(json.dumps(finite(result), indent=2))
     meta, methods = result["meta"], result["methods"]
     md = [f"# Distillation gain ({meta['task']} task)", "",
           f"Student {meta['student']}, {describe_teachers(meta)}; "
@@ -220,8 +220,8 @@ def write_outputs(result: dict, out: Path) -> None:
     md += ["", "sd: sample standard deviation over seeds. Gains are paired: per seed, method minus the baseline "
            "trained with the same seed (same data order and initialisation); mean ± standard error of those "
            "differences, t = mean / SE. gap closed = gain / (teacher - baseline)."]
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
-    plot(result, out.with_suffix(".png"))
+    output_file(out, ".md").write_text("\n".join(md) + "\n")
+    plot(result, output_file(out, ".png"))
 
 
 def describe_teachers(meta: dict) -> str:
@@ -397,7 +397,7 @@ def main(argv: list[str] | None = None) -> dict:
             meta["seed_list"].append(seed)
             result = {"meta": meta, "methods": summarise_all(runs, teacher_map, a.versus)}
             write_outputs(result, out)
-    print((out.with_suffix(".md")).read_text())
+    print(output_file(out, ".md").read_text())
     return result
 
 

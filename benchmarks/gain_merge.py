@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 
 from gain import summarise_all, versus_problem, write_outputs  # noqa: I001  (gain sets sys.path and offline defaults through common)
-from common import command_line
+from common import command_line, output_file
 
 SAME_TASK = ("task", "student", "teacher_map50_95", "n_train", "n_val", "imgsz", "epochs")
 SAME_CODE = ("code_version", "ultralytics", "torch")
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     merged = merge([json.loads(Path(f).read_text()) for f in a.results], a.results, a.allow_unrecorded, a.versus)
     merged["meta"]["command"] = command_line("gain_merge.py", argv)  # with its options, as it ran
     write_outputs(merged, Path(a.out))
-    print(Path(a.out).with_suffix(".md").read_text())
+    print(output_file(Path(a.out), ".md").read_text())
     return merged
 
 

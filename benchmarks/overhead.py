@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Method, code_version, command_line, finite, git_commit, machine, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
+from common import Method, code_version, command_line, finite, git_commit, machine, output_file, parse_methods  # noqa: I001  (sets sys.path and offline defaults)
 from recipes import STUDENT
 
 import torch
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"meta": meta, "rows": rows}
     out = Path(a.out or f"benchmarks/results/overhead{'_quick' if a.quick else ''}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(finite(result), indent=2))
+    output_file(out, ".json").write_text(json.dumps(finite(result), indent=2))
     md = [f"# Training-step overhead ({meta['device']}, AMP {'on' if meta['amp'] else 'off'})", "",
           f"{STUDENT} student, {'teacher' if len(a.teachers) == 1 else 'teachers (1, 2, ...)'} {names}, imgsz {imgsz}, "
           f"batch {batch}; median of {steps} steps after "
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
            f"{r['peak_mb']:.0f} |" for r in rows]
     md += ["", f"Peak memory: the {rows[0]['peak_kind']} of each method's own process over the same steps; the plain "
            "run never loads a teacher. Absolute times depend on the machine; compare ratios."]
-    out.with_suffix(".md").write_text("\n".join(md) + "\n")
+    output_file(out, ".md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return result
 

@@ -306,14 +306,15 @@ def test_gain_with_a_given_teacher(tmp_path, data_yaml, teacher_pt):
     renamed = shutil.copyfile(teacher_pt, tmp_path / "renamed.pt")
     common = ("--data", data_yaml, "--task", "quick", "--teacher", str(renamed), "--epochs", "1", "--seeds", "1")
     env = {"DISTILL_CACHE_DIR": str(tmp_path / "cache")}
-    _run("gain.py", *common, "--methods", "kl;kl", "--no-baseline", "--out", str(tmp_path / "slice"), env=env)
-    sliced = json.loads((tmp_path / "slice.json").read_text())
+    _run("gain.py", *common, "--methods", "kl;kl", "--no-baseline", "--out", str(tmp_path / "slice_w0.5"), env=env)
+    # The dot is part of the name (as in a method's weight): the files are slice_w0.5.*, not slice_w0.*.
+    sliced = json.loads((tmp_path / "slice_w0.5.json").read_text())
     assert list(sliced["methods"]) == ["kl"] and "gain" not in sliced["methods"]["kl"]  # "kl;kl" runs once
     assert sliced["meta"]["teacher_fingerprints"] == result["meta"]["teacher_fingerprints"]
     assert sliced["methods"]["kl"]["runs"][0]["map50_95"] == result["methods"]["kl"]["runs"][0]["map50_95"]
-    assert (tmp_path / "slice.png").stat().st_size > 1000 and "| kl |" in (tmp_path / "slice.md").read_text()
-    _run("gain_merge.py", str(tmp_path / "slice.json"), str(out.with_suffix(".json")), "--out", str(tmp_path / "pooled"))
-    pooled = json.loads((tmp_path / "pooled.json").read_text())
+    assert (tmp_path / "slice_w0.5.png").stat().st_size > 1000 and "| kl |" in (tmp_path / "slice_w0.5.md").read_text()
+    _run("gain_merge.py", str(tmp_path / "slice_w0.5.json"), str(out.with_suffix(".json")), "--out", str(tmp_path / "pooled_0.5"))
+    pooled = json.loads((tmp_path / "pooled_0.5.json").read_text())
     assert pooled["methods"]["kl"]["gain"] == pytest.approx(result["methods"]["kl"]["gain"], abs=1e-12)
     assert pooled["meta"]["teacher_fingerprints"] == result["meta"]["teacher_fingerprints"]
     assert not (tmp_path / "cache" / "teachers").exists()
