@@ -64,7 +64,9 @@ def train_once(method, task, teacher: Path | None, seed: int, project: str, devi
             "params": effective_params(yolo.trainer),
             "student_params": sum(p.numel() for p in yolo.model.parameters()),  # what was trained (the final model)
             **({"teachers": [t.source for t in yolo.trainer.distiller.teachers],
-                "ensemble": yolo.trainer.distiller.ensemble} if method.kind == "distill" else {})}
+                "ensemble": yolo.trainer.distiller.ensemble,
+                # distill_balance's calibrated {loss: scale}, what the terms were multiplied by (None: own weights)
+                "balance_scales": yolo.trainer.distiller.settings.balance_scales} if method.kind == "distill" else {})}
 
 
 def validate(weights: Path, task, device: str | None):

@@ -104,6 +104,15 @@ def test_command_line_is_quoted_for_a_shell(monkeypatch):
     assert command_line("gain_merge.py", None) == "python benchmarks/gain_merge.py 'a b.json' --versus kl"
 
 
+def test_output_file_appends_the_extension():
+    """--out is a prefix: a dot inside it (a weight, a versioned teacher) stays, a given extension is swapped."""
+    from common import output_file
+
+    assert output_file("r/gain_s0_cwd+kl:distill_balance=0.25", ".json") == Path("r/gain_s0_cwd+kl:distill_balance=0.25.json")
+    assert output_file(Path("teacher-yolov8s-0.6"), ".png") == Path("teacher-yolov8s-0.6.png")
+    assert output_file("x.json", ".md") == Path("x.md") and output_file("x", ".md") == Path("x.md")
+
+
 def test_equal_time_arithmetic():
     """The equal-time baseline trains the task's epochs times the method's wall-time ratio (rounded, never fewer),
     and its gain is the mean of the per-seed differences to that baseline."""
@@ -254,7 +263,7 @@ def test_gain_on_a_users_data_yaml(tmp_path, data_yaml):
     per run."""
     out = tmp_path / "gain"
     _run("gain.py", "--data", data_yaml, "--task", "long", "--imgsz", "64", "--epochs", "2", "--teacher-epochs", "1", "--seeds", "1",
-         "--first-seed", "5", "--methods", "baseline;cwd+kl;builtin:dis=2", "--equal-time", "--out", str(out),
+         "--first-seed", "5", "--methods", "baseline;cwd+kl;builtin:dis=2;kl:distill_balance=0.5", "--equal-time", "--out", str(out),
          env={"DISTILL_CACHE_DIR": str(tmp_path / "cache")})
     result = json.loads(out.with_suffix(".json").read_text())
     base = result["methods"]["baseline"]["runs"][0]
@@ -276,6 +285,9 @@ def test_gain_on_a_users_data_yaml(tmp_path, data_yaml):
     params = {spec: m["runs"][0]["params"] for spec, m in result["methods"].items()}
     assert params["baseline"] == {} and params["builtin:dis=2"] == {"dis": 2}
     assert params["cwd+kl"]["kl"]["weight"] == 0.5 and params["cwd+kl"]["cwd"]["tau"] == 1.0
+    # each run records what its terms were multiplied by: the calibrated scales, or None for the losses' own weights
+    scales = result["methods"]["kl:distill_balance=0.5"]["runs"][0]["balance_scales"]
+    assert list(scales) == ["kl"] and scales["kl"] > 0 and result["methods"]["cwd+kl"]["runs"][0]["balance_scales"] is None
     done = _run("gain.py", "--imgsz", "64", rc=2)
     assert "go with --data" in done.stderr
 
