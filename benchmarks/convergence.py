@@ -169,8 +169,8 @@ def teacher_run(task, epochs: int, device: str | None, model: str = DEMO_TEACHER
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=None, help="model YAML trained without a teacher (default: the student; with "
-                   "--teacher, the task's teacher model)")
+    p.add_argument("--model", default=None, help="model YAML trained without a teacher, or a checkpoint (.pt) "
+                   "fine-tuned from its weights (default: the student; with --teacher, the task's teacher model)")
     p.add_argument("--teacher", action="store_true",
                    help="the task's teacher instead, one run per budget with the recipe's seed, trained through the "
                    "teacher cache: each run is the teacher gain.py uses with that many teacher epochs")
@@ -207,6 +207,8 @@ def main(argv: list[str] | None = None) -> dict:
     if a.teacher:
         a.model, a.first_seed, a.seeds = a.model or DEMO_TEACHER, task.recipe["seed"], 1
     a.model = a.model or STUDENT
+    if Path(a.model).suffix == ".pt" and not Path(a.model).is_file():
+        p.error(f"--model {a.model}: no such checkpoint. Give a model .yaml or a .pt file on disk.")
     changed = "".join(f"_{pair}" for pair in a.set)  # a recipe changed by --set never overwrites the recipe's own
     out = Path(a.out or f"benchmarks/results/convergence_{task.name}_{Path(a.model).stem}{changed}")
     n_train, n_val = task.split_sizes()
@@ -222,8 +224,8 @@ def main(argv: list[str] | None = None) -> dict:
                 row = (teacher_run(task, e, a.device, a.model) if a.teacher else
                        train_once(Method("baseline"), task, None, seed, project, a.device, epochs=e, model=a.model))
                 runs[e].append(row)
-                print(f"[convergence] {a.model} {e} epochs, seed {seed}: {row['map50_95']:.4f} in {row['seconds']}s",
-                      flush=True)
+                print(f"[convergence] {a.model} {e} epochs, seed {seed}: {row['map50_95']:.4f} in {row['seconds']}s"
+                      + (f", weights {row['weights']}" if "weights" in row else ""), flush=True)
             meta["seed_list"].append(seed)
             result = {"meta": meta, "runs": {str(e): rows for e, rows in runs.items()},
                       "steps": budget_steps(epochs, runs)}

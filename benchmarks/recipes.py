@@ -21,6 +21,18 @@ data, augmentation, optimizer and epochs for every method and seed. The scripts 
   --epochs 200`, on a GPU): 0.5921 against the 100-epoch student's 0.5592; yolov8s and yolov8m on the student's
   own recipe reach only 0.5757 and 0.5793 (benchmarks/results/convergence_bccd-long_*_h200.md). gain.py takes it
   with `--teacher`.
+- `pretrain`: a larger synthetic corpus (1024 train / 128 val images, its own seed, so no image of the other
+  tasks) for the regime most users are in: teacher and student pre-trained on a large corpus, then both fine-tuned
+  on the target data. Each model is trained on it once through the teacher cache, and its checkpoint is then
+  fine-tuned on the target (`--model <ckpt.pt>`) or given to gain.py as `--student`:
+
+      python benchmarks/convergence.py --task pretrain --teacher --model yolov8s.yaml --epochs 30   # and yolov8n.yaml
+      python benchmarks/convergence.py --task long --teacher --model <pre-trained s>.pt --data <bccd>/data.yaml \
+          --imgsz 160 --set mosaic=1.0 --epochs 100                          # the teacher, fine-tuned on BCCD
+      python benchmarks/convergence.py --task long --model <pre-trained n>.pt --data <bccd>/data.yaml --imgsz 160 \
+          --epochs 50,100                                                    # the student's fine-tuning schedule
+      python benchmarks/gain.py --task long --data <bccd>/data.yaml --imgsz 160 --epochs <E> \
+          --teacher <fine-tuned s>.pt --student <pre-trained n>.pt --methods "baseline;cwd+kl"
 - `quick`: smoke-sized, for tests and CI.
 
 Every recipe also runs for a segment, pose or OBB student (`--yolo-task`, default detect): the synthetic data then
@@ -86,8 +98,10 @@ SHORT = Task("full", DEMO_SPEC, DEMO_TEACHER_EPOCHS, DEMO_STUDENT_EPOCHS, dict(D
 # last): seed 0, 40 and 80 epochs reach 0.310 and 0.482, against 0.127 and 0.251 on the demo's data.
 LONG_SPEC = SyntheticSpec(n_train=256, n_val=128, imgsz=128, seed=0, min_size=10, max_objects=6)
 LONG = Task("long", LONG_SPEC, 320, 320, {**DEMO_RECIPE, "nbs": 16})
+# Seed 1: images the short and long tasks never show. 30 epochs of 1024 images are 120 of the long task's 256.
+PRETRAIN = Task("pretrain", replace(LONG_SPEC, n_train=1024, seed=1), 30, 30, {**DEMO_RECIPE, "nbs": 16})
 QUICK = Task("quick", SyntheticSpec(n_train=48, n_val=16, imgsz=96, seed=0), 4, 3, {**DEMO_RECIPE, "imgsz": 64})
-TASKS = {"short": SHORT, "long": LONG, "quick": QUICK}
+TASKS = {"short": SHORT, "long": LONG, "pretrain": PRETRAIN, "quick": QUICK}
 STUDENT = DEMO_STUDENT
 
 

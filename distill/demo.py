@@ -12,7 +12,6 @@ from pathlib import Path
 
 import ultralytics
 from ultralytics import YOLO as _PlainYOLO
-from ultralytics.nn.tasks import guess_model_task
 
 from distill._offline import CACHE_DIR
 from distill.compare import map_curve
@@ -31,9 +30,15 @@ DEMO_TEACHER_EPOCHS = 35
 
 
 def cached_teacher(cfg: str, data: str | Path, epochs: int, **train_args) -> Path:
-    """A teacher trained from `cfg` (a model YAML of any task: detect, -seg, -pose, -obb) on `data` with
-    `train_args`, trained once and cached by recipe."""
-    recipe = json.dumps([cfg, str(Path(data).resolve()), epochs, train_args, ultralytics.__version__], sort_keys=True)
+    """A teacher trained from `cfg` on `data` with `train_args`, trained once and cached by recipe. `cfg` is a
+    model YAML of any task (detect, -seg, -pose, -obb; from scratch) or a checkpoint (.pt: fine-tuned from its
+    weights, e.g. a model pre-trained on a larger corpus; its bytes are part of the cache key)."""
+    source = cfg
+    if Path(cfg).suffix == ".pt":
+        if not Path(cfg).is_file():
+            raise FileNotFoundError(f"{cfg}: no such checkpoint. Give a model .yaml or a .pt file on disk.")
+        source = [str(Path(cfg).resolve()), hashlib.sha1(Path(cfg).read_bytes()).hexdigest()]
+    recipe = json.dumps([source, str(Path(data).resolve()), epochs, train_args, ultralytics.__version__], sort_keys=True)
     key = hashlib.sha1(recipe.encode()).hexdigest()[:10]
     target = CACHE_DIR / "teachers" / f"{Path(cfg).stem}-{key}.pt"
     if target.exists():
@@ -43,7 +48,7 @@ def cached_teacher(cfg: str, data: str | Path, epochs: int, **train_args) -> Pat
         model = _PlainYOLO(cfg)
         t0 = time.time()
         model.train(data=str(data), epochs=epochs, project=tmp, name="teacher", plots=False, exist_ok=True,
-                    trainer=PLAIN_TRAINERS[guess_model_task(cfg)], **train_args)
+                    trainer=PLAIN_TRAINERS[model.task], **train_args)
         run = Path(tmp) / "teacher"
         # How it was trained, beside it: wall seconds and the mAP50-95 curve (what a plateau is judged from).
         history = {"seconds": round(time.time() - t0, 1), "curve": [round(v, 5) for v in map_curve(run)]}

@@ -221,6 +221,34 @@ def test_convergence_teacher_of_another_model_with_train_overrides(tmp_path, dat
     assert "--set imgsz: use --imgsz instead" in done.stderr and not (tmp_path / "bad.json").exists()
 
 
+def test_convergence_fine_tunes_a_checkpoint_through_the_teacher_cache(tmp_path, data_yaml, teacher_pt):
+    """--model <ckpt.pt> (how a pre-trained teacher is fine-tuned on the target data): training starts from that
+    checkpoint's weights, the cache is keyed by the file's bytes (changed weights at the same path train a new
+    teacher, the same ones train nothing), and a missing file fails before training."""
+    import torch
+
+    env = {"DISTILL_CACHE_DIR": str(tmp_path / "cache")}
+    ckpt = tmp_path / "pre-trained.pt"
+    saved = torch.load(teacher_pt, map_location="cpu", weights_only=False)
+    torch.save(saved, ckpt)
+    common = ("--teacher", "--model", str(ckpt), "--data", data_yaml, "--imgsz", "64", "--epochs", "1")
+    _run("convergence.py", *common, "--out", str(tmp_path / "a"), env=env)
+    (first,) = (tmp_path / "cache" / "teachers").glob("*.pt")
+    assert first.name.startswith("pre-trained-")
+    tuned = torch.load(first, map_location="cpu", weights_only=False)
+    assert tuned["train_args"]["model"] == str(ckpt)  # Ultralytics records where training started
+    again = _run("convergence.py", *common, "--out", str(tmp_path / "b"), env=env)
+    assert "Epoch" not in again.stdout + again.stderr and len(list((tmp_path / "cache" / "teachers").glob("*.pt"))) == 1
+    with torch.no_grad():
+        next(saved["model"].parameters()).add_(0.01)
+    torch.save(saved, ckpt)
+    _run("convergence.py", *common, "--out", str(tmp_path / "c"), env=env)
+    assert len(list((tmp_path / "cache" / "teachers").glob("*.pt"))) == 2
+    done = _run("convergence.py", *common[:2], str(tmp_path / "gone.pt"), *common[3:], "--out", str(tmp_path / "d"),
+                env=env, rc=2)
+    assert "no such checkpoint" in done.stderr and not (tmp_path / "d.json").exists()
+
+
 def test_gain_quick(tmp_path):
     out = tmp_path / "gain"
     _run("gain.py", "--quick", "--seeds", "2", "--methods", METHODS, "--note", "smoke", "--versus", "kl",
