@@ -257,3 +257,27 @@ def test_compare_report_end_to_end(data_yaml, teacher_pt, project):
     assert len(report["curves"]["baseline student"]) == len(report["curves"]["distilled student"]) == 2
     assert (run / "compare.png").stat().st_size > 1000 and "| distilled student |" in (run / "compare.md").read_text()
     assert "| baseline student |" in done.stdout and "Gain over the same-recipe baseline" in done.stdout
+
+
+@pytest.mark.parametrize("student,branches", [("yolo26n.yaml", ["one2many", "one2one"]), ("yolov8n.yaml", ["one2many"])])
+def test_cli_yolo26_teacher_distils_the_branches_both_heads_have(student, branches, data_yaml, project, monkeypatch):
+    """`train_distill.py --teacher yolo26s.yaml --student yolo26n.yaml --loss kl`: every step distils the end-to-end
+    heads' one-to-one branch (what YOLO26 predicts with) besides the dense one; a YOLOv8 student of the same teacher
+    distils the dense branch alone and trains through."""
+    import distill.distiller as distiller
+    from distill.cli import main
+
+    seen, real = [], distiller.head_pairs
+
+    def spy(student_preds, teacher_preds):
+        pairs = real(student_preds, teacher_preds)
+        raw = distiller.raw_head(student_preds)
+        seen.append([next(k for k in ("one2many", "one2one") if raw.get(k, raw) is s) for s, _ in pairs])
+        return pairs
+
+    monkeypatch.setattr(distiller, "head_pairs", spy)
+    code = main(["--teacher", "yolo26s.yaml", "--student", student, "--loss", "kl", "--data", data_yaml, "--epochs",
+                 "1", "--imgsz", "64", "--batch", "8", "--project", project, "--name", "e2e", "workers=0", "plots=False"])
+    assert code == 0
+    assert len(seen) >= 2 and all(s == branches for s in seen)  # one per training batch (validation runs no teacher)
+    assert results_columns(Path(project) / "e2e")["train/kl_loss"][0] > 0
