@@ -382,3 +382,27 @@ def test_python_api_errors_leave_nothing(data_yaml, project):
     with pytest.raises(FileNotFoundError, match="model weights 'yolov8x.pt' are not on disk"):
         YOLO("yolov8x.pt")
     assert not Path(project).exists()
+
+
+def test_resume_keeps_the_distillation_free_tail(data_yaml, teacher_pt, project, monkeypatch):
+    """distill_off_epochs=1 of 3, killed after epoch 1: the resumed run distils epoch 2 and trains epoch 3 on the
+    detection loss alone, with no teacher forward there."""
+    from distill.features import FeatureRecorder
+
+    code = KILLED_RUN.replace('loss_type="cwd+mgd"', 'loss_type="cwd", distill_off_epochs=1').replace(
+        'distill_schedule="linear", distill_final=0.2, ', "")
+    done = subprocess.run([sys.executable, "-c", code.format(root=str(ROOT), data=data_yaml, teacher=teacher_pt,
+                                                             project=project)], capture_output=True, text=True)
+    assert done.returncode == 3, done.stderr[-2000:]
+    last = Path(project) / "run" / "weights" / "last.pt"
+    assert torch.load(last, map_location="cpu", weights_only=False)["train_args"]["distill_off_epochs"] == 1
+    runs, real_run = [], FeatureRecorder.run
+    monkeypatch.setattr(FeatureRecorder, "run", lambda self, model, img: runs.append(img.shape[0]) or real_run(self, model, img))
+    counts = []
+    model = YOLO(str(last))
+    model.add_callback("on_train_epoch_start", lambda tr: counts.append(len(runs)))
+    model.add_callback("on_train_epoch_end", lambda tr: counts.append(len(runs)))
+    model.train(resume=True)
+    assert counts[1] - counts[0] == 2 and counts[3] == counts[2]  # epoch 2: both batches; epoch 3: no teacher
+    column = _column(Path(model.trainer.save_dir), "train/cwd_loss")
+    assert len(column) == 3 and column[0] > 0 and column[1] > 0 and column[2] == 0
