@@ -276,8 +276,12 @@ def test_cli_yolo26_teacher_distils_the_branches_both_heads_have(student, branch
         return pairs
 
     monkeypatch.setattr(distiller, "head_pairs", spy)
+    said, real_info = [], distiller.LOGGER.info
+    monkeypatch.setattr(distiller.LOGGER, "info", lambda msg, *a, **k: said.append(str(msg)) or real_info(msg, *a, **k))
     code = main(["--teacher", "yolo26s.yaml", "--student", student, "--loss", "kl", "--data", data_yaml, "--epochs",
                  "1", "--imgsz", "64", "--batch", "8", "--project", project, "--name", "e2e", "workers=0", "plots=False"])
     assert code == 0
     assert len(seen) >= 2 and all(s == branches for s in seen)  # one per training batch (validation runs no teacher)
+    note = "both have end-to-end heads" if len(branches) == 2 else "skips the one-to-one branch"
+    assert sum(note in m for m in said) == 1  # said once, though the set-up attaches twice
     assert results_columns(Path(project) / "e2e")["train/kl_loss"][0] > 0
