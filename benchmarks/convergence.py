@@ -29,7 +29,9 @@ from gain import differences, sample_sd, train_once, validate  # noqa: I001  (ga
 from common import Method, code_version, command_line, finite, git_commit, machine, output_file
 from recipes import STUDENT, TASKS, select_task
 
+from distill.checkpoints import read_checkpoint
 from distill.demo import DEMO_TEACHER, teacher_history
+from distill.teacher import fingerprint
 
 import torch
 import ultralytics
@@ -56,7 +58,7 @@ def budget_steps(epochs: list[int], runs: dict[int, list[dict]]) -> list[dict]:
     return out
 
 
-SAME_RUN = ("task", "model", "teacher_cache", "n_train", "n_val", "imgsz", "recipe", "code_version", "ultralytics", "torch")
+SAME_RUN = ("task", "model", "model_weights", "teacher_cache", "n_train", "n_val", "imgsz", "recipe", "code_version", "ultralytics", "torch")
 
 
 def pool(results: list[dict], sources: list[str]) -> dict:
@@ -207,12 +209,20 @@ def main(argv: list[str] | None = None) -> dict:
     if a.teacher:
         a.model, a.first_seed, a.seeds = a.model or DEMO_TEACHER, task.recipe["seed"], 1
     a.model = a.model or STUDENT
-    if Path(a.model).suffix == ".pt" and not Path(a.model).is_file():
-        p.error(f"--model {a.model}: no such checkpoint. Give a model .yaml or a .pt file on disk.")
+    weights = None  # a checkpoint's weights fingerprint: results of other weights under the same path never pool
+    if Path(a.model).suffix.lower() == ".pt":
+        try:
+            model = read_checkpoint(a.model, "--model")
+        except (FileNotFoundError, ValueError) as e:
+            p.error(str(e))
+        if model.task != task.yolo_task:
+            p.error(f"--model {a.model} is a {model.task} model; the {task.name} task trains {task.yolo_task} models.")
+        weights = fingerprint(model)
     changed = "".join(f"_{pair}" for pair in a.set)  # a recipe changed by --set never overwrites the recipe's own
-    out = Path(a.out or f"benchmarks/results/convergence_{task.name}_{Path(a.model).stem}{changed}")
+    name = Path(a.model).stem + (f"-{weights[:8]}" if weights else "")
+    out = Path(a.out or f"benchmarks/results/convergence_{task.name}_{name}{changed}")
     n_train, n_val = task.split_sizes()
-    meta = {"task": task.name, "model": a.model, "teacher_cache": a.teacher, "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],
+    meta = {"task": task.name, "model": a.model, "model_weights": weights, "teacher_cache": a.teacher, "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],
             "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "seed_list": [],
             "machine": machine(), "code_version": code_version(), "commit": git_commit(),
             "ultralytics": ultralytics.__version__, "torch": torch.__version__,

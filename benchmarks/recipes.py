@@ -51,6 +51,7 @@ from typing import Any
 
 import common  # noqa: F401,I001  (sys.path and the offline defaults before distill and ultralytics load)
 from distill.demo import DEMO_RECIPE, DEMO_SPEC, DEMO_STUDENT, DEMO_TEACHER, DEMO_TEACHER_EPOCHS, DEMO_STUDENT_EPOCHS
+from distill.checkpoints import read_checkpoint
 from distill.demo import cached_teacher, task_model
 from distill.synthetic import SyntheticSpec, synthetic_dataset
 
@@ -87,6 +88,9 @@ class Task:
         """The task's teacher (yolov8s unless `model` names another YAML): trained on the task's data with its
         recipe once, then cached."""
         extra = {"device": device} if device else {}
+        if Path(model).suffix.lower() == ".pt" and (kind := checkpoint_task(model)) != self.yolo_task:
+            raise ValueError(f"{model} is a {kind} model and the {self.name} task trains {self.yolo_task} ones: give a "
+                             f"{self.yolo_task} checkpoint.")
         return cached_teacher(task_model(model, self.yolo_task), self.data(), self.teacher_epochs, **self.recipe, **extra)
 
 
@@ -103,6 +107,12 @@ PRETRAIN = Task("pretrain", replace(LONG_SPEC, n_train=1024, seed=1), 30, 30, {*
 QUICK = Task("quick", SyntheticSpec(n_train=48, n_val=16, imgsz=96, seed=0), 4, 3, {**DEMO_RECIPE, "imgsz": 64})
 TASKS = {"short": SHORT, "long": LONG, "pretrain": PRETRAIN, "quick": QUICK}
 STUDENT = DEMO_STUDENT
+
+
+def checkpoint_task(path: str | Path) -> str:
+    """The task (detect, segment, pose, obb, ...) of the model in a `.pt` checkpoint; ValueError when it cannot be
+    read, FileNotFoundError when it is not on disk."""
+    return read_checkpoint(path, "pre-trained").task
 
 
 def select_task(name: str, data_yaml: str | Path | None = None, yolo_task: str = "detect", **overrides: Any) -> Task:

@@ -14,6 +14,7 @@ import ultralytics
 from ultralytics import YOLO as _PlainYOLO
 
 from distill._offline import CACHE_DIR
+from distill.checkpoints import resolve_weights
 from distill.compare import map_curve
 from distill.synthetic import SyntheticSpec, synthetic_dataset
 from distill.tasks import PLAIN_TRAINERS
@@ -32,12 +33,11 @@ DEMO_TEACHER_EPOCHS = 35
 def cached_teacher(cfg: str, data: str | Path, epochs: int, **train_args) -> Path:
     """A teacher trained from `cfg` on `data` with `train_args`, trained once and cached by recipe. `cfg` is a
     model YAML of any task (detect, -seg, -pose, -obb; from scratch) or a checkpoint (.pt: fine-tuned from its
-    weights, e.g. a model pre-trained on a larger corpus; its bytes are part of the cache key)."""
+    weights, e.g. a model pre-trained on a larger corpus; keyed by its bytes, not by its path)."""
     source = cfg
-    if Path(cfg).suffix == ".pt":
-        if not Path(cfg).is_file():
-            raise FileNotFoundError(f"{cfg}: no such checkpoint. Give a model .yaml or a .pt file on disk.")
-        source = [str(Path(cfg).resolve()), hashlib.sha1(Path(cfg).read_bytes()).hexdigest()]
+    if Path(cfg).suffix.lower() == ".pt":  # the same weights give the same teacher, wherever the file lies
+        cfg = str(resolve_weights(cfg, "pre-trained"))
+        source = ["checkpoint", hashlib.sha1(Path(cfg).read_bytes()).hexdigest()]
     recipe = json.dumps([source, str(Path(data).resolve()), epochs, train_args, ultralytics.__version__], sort_keys=True)
     key = hashlib.sha1(recipe.encode()).hexdigest()[:10]
     target = CACHE_DIR / "teachers" / f"{Path(cfg).stem}-{key}.pt"

@@ -197,7 +197,8 @@ class Distiller:
         if (getattr(sh, "one2one_cv2", None) is None) != (getattr(th, "one2one_cv2", None) is None):
             self._say(f"Distillation: only one of the student and {who} has an end-to-end (one-to-one) head "
                         "branch; the logit loss distils the dense branch they share and skips the one-to-one branch.")
-        elif getattr(sh, "one2one_cv2", None) is not None:
+        elif getattr(sh, "one2one_cv2", None) is not None and not (  # an ensemble distils what every teacher has
+                self.ensemble and any(getattr(t.head, "one2one_cv2", None) is None for t in self.teachers)):
             self._say(f"Distillation: the student and {who} both have end-to-end heads; the logit loss distils the "
                         "one-to-one branch (NMS-free prediction) as well as the dense one, summed in its column.")
         own = task_outputs(sh, th, [loss for loss in self.losses.values() if loss.kind == "logit"])

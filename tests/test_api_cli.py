@@ -267,21 +267,29 @@ def test_cli_yolo26_teacher_distils_the_branches_both_heads_have(student, branch
     import distill.distiller as distiller
     from distill.cli import main
 
-    seen, real = [], distiller.head_pairs
+    from distill.losses.kl import KLLoss
+
+    seen, one2one, fed, steps, real = [], [], [], [], distiller.head_pairs
 
     def spy(student_preds, teacher_preds):
         pairs = real(student_preds, teacher_preds)
         raw = distiller.raw_head(student_preds)
         seen.append([next(k for k in ("one2many", "one2one") if raw.get(k, raw) is s) for s, _ in pairs])
+        one2one.extend(s for s, _ in pairs if s is raw.get("one2one"))
         return pairs
 
+    real_kl, real_terms = KLLoss.__call__, distiller.Distiller.terms
     monkeypatch.setattr(distiller, "head_pairs", spy)
+    monkeypatch.setattr(KLLoss, "__call__", lambda self, s, t, *a: fed.append(s) or real_kl(self, s, t, *a))
+    monkeypatch.setattr(distiller.Distiller, "terms", lambda self, *a, **k: steps.append(1) or real_terms(self, *a, **k))
     said, real_info = [], distiller.LOGGER.info
     monkeypatch.setattr(distiller.LOGGER, "info", lambda msg, *a, **k: said.append(str(msg)) or real_info(msg, *a, **k))
     code = main(["--teacher", "yolo26s.yaml", "--student", student, "--loss", "kl", "--data", data_yaml, "--epochs",
                  "1", "--imgsz", "64", "--batch", "8", "--project", project, "--name", "e2e", "workers=0", "plots=False"])
     assert code == 0
-    assert len(seen) >= 2 and all(s == branches for s in seen)  # one per training batch (validation runs no teacher)
+    assert len(seen) == len(steps) >= 2 and all(s == branches for s in seen)  # every training step
+    assert len(one2one) == (len(steps) if len(branches) == 2 else 0)
+    assert all(any(s is f for f in fed) for s in one2one)  # the one-to-one pairs reach the loss
     note = "both have end-to-end heads" if len(branches) == 2 else "skips the one-to-one branch"
     assert sum(note in m for m in said) == 1  # said once, though the set-up attaches twice
     assert results_columns(Path(project) / "e2e")["train/kl_loss"][0] > 0

@@ -237,6 +237,11 @@ def test_convergence_fine_tunes_a_checkpoint_through_the_teacher_cache(tmp_path,
     assert first.name.startswith("pre-trained-")
     tuned = torch.load(first, map_location="cpu", weights_only=False)
     assert tuned["train_args"]["model"] == str(ckpt)  # Ultralytics records where training started
+    # and it started from those weights: one epoch at a small rate leaves them close (a fresh init is unrelated)
+    start, end = (dict(m["model"].float().state_dict()) for m in (saved, tuned))
+    key = next(k for k, v in start.items() if v.ndim == 4 and v.numel() > 1000)
+    assert torch.nn.functional.cosine_similarity(start[key].flatten(), end[key].flatten(), dim=0) > 0.9
+    os.utime(ckpt, (1e9, 1e9))  # the same bytes with another time stamp: the key is the bytes
     again = _run("convergence.py", *common, "--out", str(tmp_path / "b"), env=env)
     assert "Epoch" not in again.stdout + again.stderr and len(list((tmp_path / "cache" / "teachers").glob("*.pt"))) == 1
     with torch.no_grad():
@@ -246,7 +251,17 @@ def test_convergence_fine_tunes_a_checkpoint_through_the_teacher_cache(tmp_path,
     assert len(list((tmp_path / "cache" / "teachers").glob("*.pt"))) == 2
     done = _run("convergence.py", *common[:2], str(tmp_path / "gone.pt"), *common[3:], "--out", str(tmp_path / "d"),
                 env=env, rc=2)
-    assert "no such checkpoint" in done.stderr and not (tmp_path / "d.json").exists()
+    assert "gone.pt" in done.stderr and "Traceback" not in done.stderr and not (tmp_path / "d.json").exists()
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    done = _run("convergence.py", *common[:2], str(tmp_path / "bad.pt"), *common[3:], "--out", str(tmp_path / "d"),
+                env=env, rc=2)
+    assert "could not be read" in done.stderr and "Traceback" not in done.stderr and not (tmp_path / "d.json").exists()
+    assert len(list((tmp_path / "cache" / "teachers").glob("*.pt"))) == 2
+    results = [json.loads((tmp_path / f"{x}.json").read_text())["meta"] for x in "ac"]
+    assert results[0]["model_weights"] != results[1]["model_weights"]  # other weights at one path: never pooled
+    done = _run("convergence.py", "--merge", str(tmp_path / "a.json"), str(tmp_path / "c.json"), "--out",
+                str(tmp_path / "m"), rc=1)
+    assert "model_weights" in done.stderr
 
 
 def test_gain_quick(tmp_path):
