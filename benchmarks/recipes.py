@@ -54,8 +54,8 @@ from pathlib import Path
 from typing import Any
 
 import common  # noqa: F401,I001  (sys.path and the offline defaults before distill and ultralytics load)
-from distill.demo import DEMO_RECIPE, DEMO_SPEC, DEMO_STUDENT, DEMO_TEACHER, DEMO_TEACHER_EPOCHS, DEMO_STUDENT_EPOCHS
 from distill.checkpoints import read_checkpoint
+from distill.demo import DEMO_RECIPE, DEMO_SPEC, DEMO_STUDENT, DEMO_TEACHER, DEMO_TEACHER_EPOCHS, DEMO_STUDENT_EPOCHS
 from distill.demo import cached_teacher, task_model
 from distill.synthetic import SyntheticSpec, synthetic_dataset
 

@@ -180,7 +180,7 @@ class Distiller:
                 LOGGER.warning("Distillation: saved connectors do not fit these losses/layers/teachers; starting fresh.")
         setattr(student, MODULES_ATTR, modules.to(next(student.parameters()).device))
         self._say(f"Distillation: losses {'+'.join(self.losses)}, student layers {self.student_layers} {s_channels} "
-                    f"-> {'; '.join(described)}")
+                  f"-> {'; '.join(described)}")
 
     def _check_heads(self, student: nn.Module, teacher: Teacher, who: str) -> None:
         sh, th = student.model[-1], teacher.head
@@ -196,11 +196,11 @@ class Distiller:
             )
         if (getattr(sh, "one2one_cv2", None) is None) != (getattr(th, "one2one_cv2", None) is None):
             self._say(f"Distillation: only one of the student and {who} has an end-to-end (one-to-one) head "
-                        "branch; the logit loss distils the dense branch they share and skips the one-to-one branch.")
+                      "branch; the logit loss distils the dense branch they share and skips the one-to-one branch.")
         elif getattr(sh, "one2one_cv2", None) is not None and not (  # an ensemble distils what every teacher has
                 self.ensemble and any(getattr(t.head, "one2one_cv2", None) is None for t in self.teachers)):
             self._say(f"Distillation: the student and {who} both have end-to-end heads; the logit loss distils the "
-                        "one-to-one branch (NMS-free prediction) as well as the dense one, summed in its column.")
+                      "one-to-one branch (NMS-free prediction) as well as the dense one, summed in its column.")
         own = task_outputs(sh, th, [loss for loss in self.losses.values() if loss.kind == "logit"])
         if own:
             dropped = " (not under distill_ensemble: no single target holds several teachers' masks or rotated " \
@@ -208,13 +208,13 @@ class Distiller:
             self._say(f"Distillation: the logit loss also distils the student's {own} (task head outputs){dropped}.")
         if isinstance(sh, OBB) and not isinstance(th, OBB):
             self._say(f"Distillation: {who} predicts axis-aligned boxes and the student rotated ones: the logit loss "
-                        "distils class scores only.")
+                      "distils class scores only.")
         if isinstance(sh, Pose) and isinstance(th, Pose) and head_keypoint_shape(sh) != head_keypoint_shape(th):
             self._say(f"Distillation: student kpt_shape {head_keypoint_shape(sh)}, {who} {head_keypoint_shape(th)}: "
-                        "keypoints are not distilled (only class scores and boxes).")
+                      "keypoints are not distilled (only class scores and boxes).")
         elif not own and not isinstance(sh, OBB) and type(sh) is not type(th) and not isinstance(th, type(sh)):
             self._say(f"Distillation: {who} has a {type(th).__name__} head and the student a {type(sh).__name__} "
-                        "head: the logit loss distils the class scores and boxes they share.")
+                      "head: the logit loss distils the class scores and boxes they share.")
         if sh.reg_max != th.reg_max and not isinstance(sh, OBB):
             self._say(
                 f"Distillation: student reg_max {sh.reg_max}, {who} reg_max {th.reg_max}: boxes are distilled as "
