@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from common import Method, code_version, command_line, finite, git_commit, machine, output_file, parse_methods  # noqa: I001  (sets sys.path, offline defaults)
-from recipes import STUDENT, TASKS, YOLO_TASKS, select_task, task_model
+from recipes import STUDENT, TASKS, YOLO_TASKS, checkpoint_task, select_task, task_model
 
 import torch
 import ultralytics
@@ -350,7 +350,12 @@ def main(argv: list[str] | None = None) -> dict:
     # Given teachers' and students' results never overwrite the recipe's own.
     suffix = "" if a.student is None else f"_student-{Path(a.student).stem}"
     a.student = a.student or task_model(STUDENT, task.yolo_task)
-    if (student_task := PlainYOLO(a.student).task) != task.yolo_task:
+    try:  # a checkpoint is read once, for its task: a corrupt file is a one-line error, not a traceback
+        student_task = (PlainYOLO(a.student).task if Path(a.student).suffix in {".yaml", ".yml"} else
+                        checkpoint_task(a.student))
+    except ValueError as e:
+        p.error(f"--student: {e}")
+    if student_task != task.yolo_task:
         p.error(f"--student {a.student} is a {student_task} model; --yolo-task is {task.yolo_task}. Give a student of "
                 "that task, or the matching --yolo-task.")
     suffix += (f"_teacher-{'+'.join(Path(t).stem for t in a.teacher)}" if a.teacher else

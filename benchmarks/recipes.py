@@ -37,6 +37,11 @@ data, augmentation, optimizer and epochs for every method and seed. The scripts 
   Measured on BCCD (one CPU core per run): the pre-trained yolov8n fine-tuned with the `long` recipe reaches 0.5402 at
   50 epochs and 0.5621 at 100 (+4.1 %, seeds 0-1: converged at 50 by the 5 % rule, narrowly); the pre-trained yolov8s
   fine-tuned for 100 epochs with mosaic reaches 0.5801 (benchmarks/results/convergence_bccd-long_pretrained-*).
+- `finetune`: the demo task's data (`short`'s 256 train / 64 val images, objects down to 4 px) in the pre-trained
+  regime: the `pretrain` checkpoints fine-tuned on it with `nbs` 16, the student as gain.py's `--student`, the teacher
+  fine-tuned through the cache (`convergence.py --task finetune --teacher --model <pre-trained s>.pt`) and given as
+  `--teacher`. The corpus has objects of 10 px and up, so the smaller objects here are new to both models. Its student
+  epochs come from `convergence.py --task finetune --model <pre-trained n>.pt --epochs 30,60,120`.
 - `quick`: smoke-sized, for tests and CI.
 
 Every recipe also runs for a segment, pose or OBB student (`--yolo-task`, default detect): the synthetic data then
@@ -109,7 +114,9 @@ LONG = Task("long", LONG_SPEC, 320, 320, {**DEMO_RECIPE, "nbs": 16})
 # Seed 1: images the short and long tasks never show. 30 epochs of 1024 images are 120 of the long task's 256.
 PRETRAIN = Task("pretrain", replace(LONG_SPEC, n_train=1024, seed=1), 30, 30, {**DEMO_RECIPE, "nbs": 16})
 QUICK = Task("quick", SyntheticSpec(n_train=48, n_val=16, imgsz=96, seed=0), 4, 3, {**DEMO_RECIPE, "imgsz": 64})
-TASKS = {"short": SHORT, "long": LONG, "pretrain": PRETRAIN, "quick": QUICK}
+# The demo's data, fine-tuned from the pretrain checkpoints (teacher and student given as files).
+FINETUNE = Task("finetune", DEMO_SPEC, 120, 60, {**DEMO_RECIPE, "nbs": 16})
+TASKS = {"short": SHORT, "long": LONG, "pretrain": PRETRAIN, "finetune": FINETUNE, "quick": QUICK}
 STUDENT = DEMO_STUDENT
 
 
