@@ -345,13 +345,15 @@ def main(argv: list[str] | None = None) -> dict:
     for path in a.teacher or []:
         if problem := given_teacher_problem(path, task, a.teacher_epochs):
             p.error(f"--teacher {path}: {problem}")
-    if a.student is not None and not (Path(a.student).suffix in {".yaml", ".yml"} or Path(a.student).is_file()):
+    if a.student is not None and Path(a.student).suffix.lower() not in {".yaml", ".yml", ".pt"}:
+        p.error(f"--student {a.student}: neither a model .yaml nor a .pt checkpoint. Give one of those.")
+    if a.student is not None and not (Path(a.student).suffix.lower() in {".yaml", ".yml"} or Path(a.student).is_file()):
         p.error(f"--student {a.student}: no such checkpoint. Give a model .yaml or a .pt file on disk.")
     # Given teachers' and students' results never overwrite the recipe's own.
     suffix = "" if a.student is None else f"_student-{Path(a.student).stem}"
     a.student = a.student or task_model(STUDENT, task.yolo_task)
     try:  # a checkpoint is read once, for its task: a corrupt file is a one-line error, not a traceback
-        student_task = (PlainYOLO(a.student).task if Path(a.student).suffix in {".yaml", ".yml"} else
+        student_task = (PlainYOLO(a.student).task if Path(a.student).suffix.lower() in {".yaml", ".yml"} else
                         checkpoint_task(a.student))
     except ValueError as e:
         p.error(f"--student: {e}")

@@ -407,11 +407,13 @@ def test_gain_from_a_pretrained_student(tmp_path, data_yaml, teacher_pt):
     assert [result["methods"][m]["runs"][0]["student_params"] for m in ("baseline", "kl")] == [size, size]
     done = _run("gain.py", "--data", data_yaml, "--task", "quick", "--student", str(tmp_path / "gone.pt"), rc=2)
     assert "--student" in done.stderr and "no such checkpoint" in done.stderr
-    (tmp_path / "cut.pt").write_bytes(student.read_bytes()[:4096])  # an interrupted copy: one line, nothing written
-    done = _run("gain.py", "--data", data_yaml, "--task", "quick", "--student", str(tmp_path / "cut.pt"), "--epochs", "1",
+    (tmp_path / "trunc.pt").write_bytes(student.read_bytes()[:4096])  # an interrupted copy: one line, nothing written
+    done = _run("gain.py", "--data", data_yaml, "--task", "quick", "--student", str(tmp_path / "trunc.pt"), "--epochs", "1",
                 "--seeds", "1", "--methods", "baseline", "--out", str(tmp_path / "cut"), rc=2)
     assert "--student" in done.stderr and "truncated, corrupt" in done.stderr and "Traceback" not in done.stderr
-    assert not list(tmp_path.glob("cut.*json"))
+    assert not list(tmp_path.glob("cut*"))
+    done = _run("gain.py", "--data", data_yaml, "--task", "quick", "--student", str(teacher_pt)[:-3] + ".pth", rc=2)
+    assert "neither a model .yaml nor a .pt" in done.stderr
 
 
 def test_gain_with_two_teachers(tmp_path, data_yaml, teacher_pt, teacher11_pt):
