@@ -209,6 +209,8 @@ def main(argv: list[str] | None = None) -> dict:
     if a.teacher:
         a.model, a.first_seed, a.seeds = a.model or DEMO_TEACHER, task.recipe["seed"], 1
     a.model = a.model or STUDENT
+    if task.from_checkpoints and Path(a.model).suffix.lower() != ".pt":
+        p.error(f"--task {task.name} fine-tunes pre-trained models: give --model <pre-trained>.pt.")
     weights = None  # a checkpoint's weights fingerprint: results of other weights under the same path never pool
     if Path(a.model).suffix.lower() == ".pt":
         try:

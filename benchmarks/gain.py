@@ -342,6 +342,9 @@ def main(argv: list[str] | None = None) -> dict:
     if a.no_baseline and a.equal_time:
         p.error("--equal-time measures each method's wall time against its seed's baseline, run beside it: "
                 "drop --no-baseline.")
+    if task.from_checkpoints and not (a.teacher and a.student and Path(a.student).suffix.lower() == ".pt"):
+        p.error(f"--task {task.name} fine-tunes pre-trained models: give --teacher <fine-tuned teacher>.pt and --student "
+                "<pre-trained student>.pt (benchmarks/recipes.py says how each is made).")
     for path in a.teacher or []:
         if problem := given_teacher_problem(path, task, a.teacher_epochs):
             p.error(f"--teacher {path}: {problem}")

@@ -78,6 +78,9 @@ class Task:
     student_epochs: int
     recipe: dict[str, Any] = field(default_factory=dict)
     data_yaml: Path | None = None
+    # A recipe of the pre-trained regime fine-tunes checkpoints: from a YAML it would train from scratch, a
+    # different benchmark under its name.
+    from_checkpoints: bool = False
     yolo_task: str = "detect"  # what the student learns: detect, segment, pose or obb
 
     def data(self) -> Path:
@@ -117,7 +120,7 @@ LONG = Task("long", LONG_SPEC, 320, 320, {**DEMO_RECIPE, "nbs": 16})
 PRETRAIN = Task("pretrain", replace(LONG_SPEC, n_train=1024, seed=1), 30, 30, {**DEMO_RECIPE, "nbs": 16})
 QUICK = Task("quick", SyntheticSpec(n_train=48, n_val=16, imgsz=96, seed=0), 4, 3, {**DEMO_RECIPE, "imgsz": 64})
 # The demo's data, fine-tuned from the pretrain checkpoints (teacher and student given as files).
-FINETUNE = Task("finetune", DEMO_SPEC, 120, 30, {**DEMO_RECIPE, "nbs": 16})
+FINETUNE = Task("finetune", DEMO_SPEC, 120, 30, {**DEMO_RECIPE, "nbs": 16}, from_checkpoints=True)
 TASKS = {"short": SHORT, "long": LONG, "pretrain": PRETRAIN, "finetune": FINETUNE, "quick": QUICK}
 STUDENT = DEMO_STUDENT
 

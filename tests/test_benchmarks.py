@@ -414,6 +414,10 @@ def test_gain_from_a_pretrained_student(tmp_path, data_yaml, teacher_pt):
     assert not list(tmp_path.glob("cut*"))
     done = _run("gain.py", "--data", data_yaml, "--task", "quick", "--student", str(teacher_pt)[:-3] + ".pth", rc=2)
     assert "neither a model .yaml nor a .pt" in done.stderr
+    # the pre-trained regime's recipe never quietly trains from scratch under its name
+    for flags in (["--student", str(student)], ["--teacher", teacher_pt], ["--teacher", teacher_pt, "--student", "yolov8n.yaml"]):
+        assert "fine-tunes pre-trained models" in _run("gain.py", "--task", "finetune", *flags, rc=2).stderr
+    assert "fine-tunes pre-trained models" in _run("convergence.py", "--task", "finetune", "--epochs", "1", rc=2).stderr
 
 
 def test_gain_with_two_teachers(tmp_path, data_yaml, teacher_pt, teacher11_pt):
