@@ -221,6 +221,21 @@ def test_kl_matches_reference(T, Tb):
     assert float(got) == pytest.approx(ref_kl(zs, zt, bs, bt, T, Tb), rel=1e-5)
 
 
+def test_kl_box_weight_scales_ld_between_dfl_heads():
+    """`kl_box_weight` weights LD as it weights the decoded term: 0 leaves the class term alone (the loss of the same
+    scores with the teacher's own boxes), and the LD part grows linearly with it."""
+    zs, zt = torch.tensor(rng.normal(size=(2, 3, 4))), torch.tensor(rng.normal(size=(2, 3, 4)))
+    bs, bt = torch.tensor(rng.normal(size=(2, 4 * 5, 4))), torch.tensor(rng.normal(size=(2, 4 * 5, 4)))
+    t = {"scores": zt, "boxes": bt}
+
+    def at(w: float, boxes: torch.Tensor = bs) -> float:
+        return float(build_loss("kl", {"box_weight": w})({"scores": zs, "boxes": boxes}, t))
+
+    assert at(0.0) == pytest.approx(at(1.0, bt), rel=1e-6)
+    ld = at(1.0) - at(0.0)
+    assert ld > 0 and at(2.5) - at(0.0) == pytest.approx(2.5 * ld, rel=1e-6)  # float32 sums
+
+
 @pytest.mark.parametrize("reg_s,reg_t,decoded", [(1, 1, 0.0), (1, 4, 0.0), (4, 1, 0.0), (4, 4, 1.0), (3, 5, 0.0)])
 def test_kl_decoded_boxes_match_reference(reg_s, reg_t, decoded):
     """Heads without distributions (YOLO26, reg_max 1), with different bin counts, or by choice: decoded boxes."""

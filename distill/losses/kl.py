@@ -33,8 +33,8 @@ TASK_PARAMS = ("kpt_weight", "rbox_weight", "mask_weight", "mask_anchors")  # th
 @register_loss("kl")
 class KLLoss(LogitLoss):
     """cls = T^2 * sum_a w_a sum_c KL_bin(a, c) / sum_a w_a, w_a = max_c sigmoid(teacher logit); plus
-    box = Tb^2 * sum_a w_a mean_side KL_softmax / sum_a w_a when both heads have the same reg_max > 1 (and
-    `decoded` is 0), else box = box_weight * sum_a w_a (mean_side |d_s - d_t| + 1 - GIoU) / sum_a w_a on the
+    box = box_weight * Tb^2 * sum_a w_a mean_side KL_softmax / sum_a w_a when both heads have the same reg_max > 1
+    (and `decoded` is 0), else box = box_weight * sum_a w_a (mean_side |d_s - d_t| + 1 - GIoU) / sum_a w_a on the
     decoded side distances d (grid units; a DFL head's expected bin). OBB pairs: box = rbox_weight * sum_a w_a
     (1 - ProbIoU of the decoded rotated boxes) / sum_a w_a instead; a detection teacher of an OBB student: no box term.
     Plus the task terms (keypoints, masks) where their weights are on."""
@@ -45,7 +45,7 @@ class KLLoss(LogitLoss):
         "weight": (0.5, "loss weight"),
         "temperature": (1.0, "class-score temperature T"),
         "box_temperature": (10.0, "DFL distribution temperature (LD paper: 10)"),
-        "box_weight": (1.0, "weight of the decoded-box term (used where distributions cannot be compared)"),
+        "box_weight": (1.0, "weight of the box term, whichever it is: LD, or the decoded-box term"),
         "decoded": (0.0, "1: distil decoded boxes even between DFL heads of equal reg_max; 0: LD there"),
         # Off by default: on the synthetic pose task (short schedule, seeds 0-2, benchmarks/results/gain_pose.md) kl
         # gained +0.0369 without it and +0.0288 with it (paired -0.0080 +- 0.0050, behind on 3/3 seeds).
@@ -94,12 +94,14 @@ class KLLoss(LogitLoss):
                 term = rotated_box_term(side_distances(bs), side_distances(bt), student["angle"], teacher["angle"])
                 loss = loss + self.rbox_weight * (term * weight).sum() / norm
         elif reg_max > 1 and bs.shape == bt.shape and not self.decoded:  # the same bins: LD on the distributions
+            if self.box_weight == 0:
+                return loss + self.task_terms(student, teacher, weight, norm)
             Tb = self.box_temperature
             b, _, a = bs.shape
             log_qs = F.log_softmax(bs.view(b, 4, reg_max, a) / Tb, dim=2)
             log_qt = F.log_softmax(bt.view(b, 4, reg_max, a) / Tb, dim=2)
             kl_box = (log_qt.exp() * (log_qt - log_qs)).sum(2).mean(1)  # (B, A)
-            loss = loss + Tb**2 * (kl_box * weight).sum() / norm
+            loss = loss + self.box_weight * Tb**2 * (kl_box * weight).sum() / norm
         elif self.box_weight > 0:
             ds, dt = side_distances(bs), side_distances(bt)
             box = (ds - dt).abs().mean(1) + 1 - shared_anchor_giou(ds, dt)  # (B, A)
