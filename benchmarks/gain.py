@@ -342,22 +342,22 @@ def main(argv: list[str] | None = None) -> dict:
     if a.no_baseline and a.equal_time:
         p.error("--equal-time measures each method's wall time against its seed's baseline, run beside it: "
                 "drop --no-baseline.")
-    if task.from_checkpoints and not (a.teacher and a.student and Path(a.student).suffix.lower() == ".pt"):
+    given = None if a.student is None else Path(a.student).suffix.lower()  # the --student kind: .yaml, .yml or .pt
+    if task.from_checkpoints and not (a.teacher and given == ".pt"):
         p.error(f"--task {task.name} fine-tunes pre-trained models: give --teacher <fine-tuned teacher>.pt and --student "
                 "<pre-trained student>.pt (benchmarks/recipes.py says how each is made).")
     for path in a.teacher or []:
         if problem := given_teacher_problem(path, task, a.teacher_epochs):
             p.error(f"--teacher {path}: {problem}")
-    if a.student is not None and Path(a.student).suffix.lower() not in {".yaml", ".yml", ".pt"}:
+    if given is not None and given not in {".yaml", ".yml", ".pt"}:
         p.error(f"--student {a.student}: neither a model .yaml nor a .pt checkpoint. Give one of those.")
-    if a.student is not None and not (Path(a.student).suffix.lower() in {".yaml", ".yml"} or Path(a.student).is_file()):
+    if given == ".pt" and not Path(a.student).is_file():
         p.error(f"--student {a.student}: no such checkpoint. Give a model .yaml or a .pt file on disk.")
     # Given teachers' and students' results never overwrite the recipe's own.
     suffix = "" if a.student is None else f"_student-{Path(a.student).stem}"
     a.student = a.student or task_model(STUDENT, task.yolo_task)
     try:  # a checkpoint is read once, for its task: a corrupt file is a one-line error, not a traceback
-        student_task = (PlainYOLO(a.student).task if Path(a.student).suffix.lower() in {".yaml", ".yml"} else
-                        checkpoint_task(a.student))
+        student_task = checkpoint_task(a.student) if given == ".pt" else PlainYOLO(a.student).task
     except ValueError as e:
         p.error(f"--student: {e}")
     if student_task != task.yolo_task:

@@ -93,9 +93,7 @@ class KLLoss(LogitLoss):
             if self.rbox_weight > 0:
                 term = rotated_box_term(side_distances(bs), side_distances(bt), student["angle"], teacher["angle"])
                 loss = loss + self.rbox_weight * (term * weight).sum() / norm
-        elif reg_max > 1 and bs.shape == bt.shape and not self.decoded:  # the same bins: LD on the distributions
-            if self.box_weight == 0:
-                return loss + self.task_terms(student, teacher, weight, norm)
+        elif self.box_weight > 0 and reg_max > 1 and bs.shape == bt.shape and not self.decoded:  # same bins: LD
             Tb = self.box_temperature
             b, _, a = bs.shape
             log_qs = F.log_softmax(bs.view(b, 4, reg_max, a) / Tb, dim=2)
