@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+# The tests' teachers and datasets (a benchmark run without --teacher trains the task's teacher through the cache,
+# the demo makes its data there) go to a private folder, never into the user's own cache; subprocesses inherit it.
+# Set before distill is imported: it reads the variable once.
+os.environ["DISTILL_CACHE_DIR"] = tempfile.mkdtemp(prefix="yolo-distill-tests-")
+atexit.register(shutil.rmtree, os.environ["DISTILL_CACHE_DIR"], ignore_errors=True)
 
 import distill  # noqa: E402,F401  (offline defaults before ultralytics loads)
 from distill.synthetic import SyntheticSpec, synthetic_dataset  # noqa: E402

@@ -293,3 +293,22 @@ def test_cli_yolo26_teacher_distils_the_branches_both_heads_have(student, branch
     note = "both have end-to-end heads" if len(branches) == 2 else "skips the one-to-one branch"
     assert sum(note in m for m in said) == 1  # said once, though the set-up attaches twice
     assert results_columns(Path(project) / "e2e")["train/kl_loss"][0] > 0
+
+
+def test_the_demo_at_its_own_schedule_ends_with_what_it_cannot_show(project, monkeypatch, capsys):
+    """No --data and no --epochs: the embedded demo at its own schedule (patched here to 1 epoch) prints the caveat that
+    its short run shows the pipeline, not the gain, and where the measured gains are; given other epochs it does not."""
+    import distill.demo
+    from distill.cli import DEMO_CAVEAT, main
+
+    monkeypatch.setattr(distill.demo, "DEMO_STUDENT_EPOCHS", 1)
+    flags = ["--teacher", "yolov8n.yaml", "--imgsz", "64", "--fraction", "0.05", "--project", project, "workers=0"]
+    assert main([*flags, "--name", "demo"]) == 0
+    out = capsys.readouterr().out
+    assert "Distillation finished." in out and DEMO_CAVEAT in out
+    assert len((Path(project) / "demo" / "results.csv").read_text().strip().splitlines()) == 2  # header + its 1 epoch
+    data = yaml.safe_load((Path(project) / "demo" / "args.yaml").read_text())["data"]
+    assert Path(data).is_relative_to(os.environ["DISTILL_CACHE_DIR"])  # the tests' own cache, not the user's
+    assert main([*flags, "--epochs", "2", "--name", "longer"]) == 0
+    out = capsys.readouterr().out
+    assert "Distillation finished." in out and DEMO_CAVEAT not in out
