@@ -12,7 +12,8 @@ mAP curves of every run, and the final mAP against the budget).
     python benchmarks/convergence.py --data ../shared/data/bccd/data.yaml --imgsz 160 --epochs 30,60
     python benchmarks/convergence.py --task long --teacher --epochs 160,320     # the task's teacher, cached
     python benchmarks/convergence.py --task long --teacher --model yolov8m.yaml --epochs 160   # a bigger one
-    python benchmarks/convergence.py --task long --teacher --data bccd/data.yaml --imgsz 160 --set mosaic=1.0 --epochs 200
+    python benchmarks/convergence.py --task bccd --data bccd/data.yaml --epochs 50,100,200    # the student on BCCD
+    python benchmarks/convergence.py --task bccd --teacher --data bccd/data.yaml --epochs 200  # its teacher (mosaic on)
     python benchmarks/convergence.py --merge a.json b.json --out c     # pool --first-seed slices
 """
 
@@ -225,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(a.out or f"benchmarks/results/convergence_{task.name}_{name}{changed}")
     n_train, n_val = task.split_sizes()
     meta = {"task": task.name, "model": a.model, "model_weights": weights, "teacher_cache": a.teacher, "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],
-            "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "seed_list": [],
+            "recipe": {k: v for k, v in (task.teacher_train_args() if a.teacher else task.recipe).items()
+                       if k not in {"imgsz", "seed"}}, "seed_list": [],
             "machine": machine(), "code_version": code_version(), "commit": git_commit(),
             "ultralytics": ultralytics.__version__, "torch": torch.__version__,
             "command": command_line("convergence.py", argv)}

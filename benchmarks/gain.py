@@ -10,7 +10,8 @@ seed list. Writes <out>.json, <out>.md and <out>.png.
     python benchmarks/gain.py --task long --methods "baseline;kl" --equal-time --seeds 5
     python benchmarks/gain.py --quick               # smoke-sized, a few minutes on a CPU
     python benchmarks/gain.py --methods "cwd;cwd:cwd_weight=10;builtin:dis=6"
-    python benchmarks/gain.py --data ../shared/data/bccd/data.yaml --imgsz 160 --methods "cwd+kl"
+    python benchmarks/gain.py --data ../shared/data/bccd/data.yaml --imgsz 160 --methods "cwd+kl"   # short, on BCCD
+    python benchmarks/gain.py --task bccd --data ../shared/data/bccd/data.yaml --seeds 5   # BCCD's converged recipe
     python benchmarks/gain.py --yolo-task segment --methods "baseline;kl"   # yolov8n-seg from yolov8s-seg
 """
 

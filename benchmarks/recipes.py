@@ -15,12 +15,15 @@ data, augmentation, optimizer and epochs for every method and seed. The scripts 
   noise in each mAP). Its epochs come from `convergence.py` (benchmarks/results/convergence_long_*):
   yolov8n has not converged by 320 epochs (seed 0: 0.5527 at 160, 0.6112 at 320, +10.6 %), so 320 is
   the longest measured budget, not a converged one; the converged schedule needs a lent GPU.
-- `long` on BCCD (`--data <bccd>/data.yaml --imgsz 160`, task name `bccd-long`): yolov8n converges at 100
-  epochs (benchmarks/results/convergence_bccd-long_yolov8n.md). Its teacher is a yolov8s trained to its plateau
-  with mosaic on (`convergence.py --task long --teacher --data <bccd>/data.yaml --imgsz 160 --set mosaic=1.0
-  --epochs 200`, on a GPU): 0.5921 against the 100-epoch student's 0.5592; yolov8s and yolov8m on the student's
-  own recipe reach only 0.5757 and 0.5793 (benchmarks/results/convergence_bccd-long_*_h200.md). gain.py takes it
-  with `--teacher`.
+- `bccd`: `long` on a small real dataset given with `--data` (BCCD: `--task bccd --data <bccd>/data.yaml`; results
+  are named `<data folder>-long`, e.g. `bccd-long`, and pool with `--task long --data <bccd>/data.yaml --imgsz 160
+  --epochs 100`, the same student recipe). imgsz 160; yolov8n converges at 100 epochs
+  (benchmarks/results/convergence_bccd-long_yolov8n.md). The teacher alone trains with mosaic on, for 200 epochs,
+  to its plateau: on a GPU 0.5921 against the 100-epoch student's 0.5592, where yolov8s and yolov8m on the student's
+  own recipe reach only 0.5757 and 0.5793 (benchmarks/results/convergence_bccd-long_*_h200.md); on one CPU core
+  0.6030 (convergence_bccd-long_yolov8s-mosaic_cpu.md). `convergence.py --task bccd --data <bccd>/data.yaml
+  --teacher --epochs 200` trains and caches it, and gain.py with the same `--task`, `--data` and `--device` finds
+  it in the cache (or takes a copy with `--teacher`).
 - `pretrain`: a larger synthetic corpus (1024 train / 128 val images, its own seed, so no image of the other
   tasks) for the regime most users are in: teacher and student pre-trained on a large corpus, then both fine-tuned
   on the target data. Each model is trained on it once through the teacher cache, and its checkpoint is then
@@ -82,6 +85,10 @@ class Task:
     # different benchmark under its name.
     from_checkpoints: bool = False
     yolo_task: str = "detect"  # what the student learns: detect, segment, pose or obb
+    # Train arguments the teacher alone gets, over `recipe` (e.g. mosaic: a teacher that the student's recipe
+    # leaves short of its plateau).
+    teacher_recipe: dict[str, Any] = field(default_factory=dict)
+    needs_data: bool = False  # a recipe for a dataset the user gives (--data), not for the synthetic one
 
     def data(self) -> Path:
         return self.data_yaml if self.data_yaml is not None else synthetic_dataset(self.spec)
@@ -105,7 +112,12 @@ class Task:
         if Path(model).suffix.lower() == ".pt" and (kind := checkpoint_task(model)) != self.yolo_task:
             raise ValueError(f"{model} is a {kind} model and the {self.name} task trains {self.yolo_task} ones: give a "
                              f"{self.yolo_task} checkpoint.")
-        return cached_teacher(task_model(model, self.yolo_task), self.data(), self.teacher_epochs, **self.recipe, **extra)
+        return cached_teacher(task_model(model, self.yolo_task), self.data(), self.teacher_epochs,
+                              **self.teacher_train_args(), **extra)
+
+    def teacher_train_args(self) -> dict[str, Any]:
+        """The train arguments of the task's teacher: the recipe with the teacher's own settings over it."""
+        return {**self.recipe, **self.teacher_recipe}
 
 
 YOLO_TASKS = ("detect", "segment", "pose", "obb")
@@ -121,7 +133,10 @@ PRETRAIN = Task("pretrain", replace(LONG_SPEC, n_train=1024, seed=1), 30, 30, {*
 QUICK = Task("quick", SyntheticSpec(n_train=48, n_val=16, imgsz=96, seed=0), 4, 3, {**DEMO_RECIPE, "imgsz": 64})
 # The demo's data, fine-tuned from the pretrain checkpoints (teacher and student given as files).
 FINETUNE = Task("finetune", DEMO_SPEC, 120, 30, {**DEMO_RECIPE, "nbs": 16}, from_checkpoints=True)
-TASKS = {"short": SHORT, "long": LONG, "pretrain": PRETRAIN, "finetune": FINETUNE, "quick": QUICK}
+# `long` at 160 px on a real dataset (BCCD's cells are 10-60 px there); named "long" so that its results carry the
+# name `<data folder>-long`, as the runs made with `--task long --data ... --imgsz 160 --epochs 100` do.
+BCCD = Task("long", None, 200, 100, {**LONG.recipe, "imgsz": 160}, teacher_recipe={"mosaic": 1.0}, needs_data=True)
+TASKS = {"short": SHORT, "long": LONG, "bccd": BCCD, "pretrain": PRETRAIN, "finetune": FINETUNE, "quick": QUICK}
 STUDENT = DEMO_STUDENT
 
 
@@ -142,10 +157,14 @@ def select_task(name: str, data_yaml: str | Path | None = None, yolo_task: str =
         raise ValueError(f"--yolo-task {yolo_task}: choose one of {', '.join(YOLO_TASKS)}.")
     task, overrides = TASKS[name], {k: v for k, v in overrides.items() if v is not None}
     if yolo_task != "detect":
-        task = replace(task, name=f"{name}-{yolo_task}", spec=replace(task.spec, task=yolo_task), yolo_task=yolo_task)
+        spec = None if task.spec is None else replace(task.spec, task=yolo_task)
+        task = replace(task, name=f"{name}-{yolo_task}", spec=spec, yolo_task=yolo_task)
     student_epochs = overrides.pop("epochs", task.student_epochs)
     teacher_epochs = overrides.pop("teacher_epochs", task.teacher_epochs)
     if data_yaml is None:
+        if task.needs_data:
+            raise ValueError(f"--task {name} is a recipe for a dataset you give: add --data <dataset>/data.yaml "
+                             "(e.g. BCCD's).")
         if overrides or (student_epochs, teacher_epochs) != (task.student_epochs, task.teacher_epochs):
             raise ValueError("--imgsz, --epochs, --teacher-epochs and --set go with --data; the synthetic recipes are fixed "
                              "(add one to benchmarks/recipes.py instead).")
@@ -155,7 +174,9 @@ def select_task(name: str, data_yaml: str | Path | None = None, yolo_task: str =
         raise ValueError(f"--data {data_yaml}: no such file. Pass the path of a dataset's data.yaml.")
     # The folder names the task; a recipe other than the short one says which, so that results of two
     # recipes on one dataset never pool.
-    label = path.parent.name if name == "short" else f"{path.parent.name}-{name}"
+    label = path.parent.name if name == "short" else f"{path.parent.name}-{TASKS[name].name}"
     label += "" if yolo_task == "detect" else f"-{yolo_task}"
+    # What the user sets wins over the teacher's own settings too.
+    teacher_recipe = {k: v for k, v in task.teacher_recipe.items() if k not in overrides}
     return replace(task, name=label, spec=None, data_yaml=path, student_epochs=student_epochs,
-                   teacher_epochs=teacher_epochs, recipe={**task.recipe, **overrides})
+                   teacher_epochs=teacher_epochs, recipe={**task.recipe, **overrides}, teacher_recipe=teacher_recipe)

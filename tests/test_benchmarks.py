@@ -221,6 +221,44 @@ def test_convergence_teacher_of_another_model_with_train_overrides(tmp_path, dat
     assert "--set imgsz: use --imgsz instead" in done.stderr and not (tmp_path / "bad.json").exists()
 
 
+def test_the_bccd_recipe_by_name_is_the_long_one_with_a_mosaic_teacher(tmp_path, data_yaml):
+    """`--task bccd --data X` is the recipe the README's BCCD tables ran as `--task long --data X --imgsz 160
+    --epochs 100` with a teacher from `--set mosaic=1.0 --epochs 200`: same name, student recipe and teacher train
+    arguments (so its results pool with those and its teacher is the same cache entry). On real steps, its teacher
+    trains with mosaic and its student without, and gain.py finds convergence.py's teacher in the cache."""
+    import torch
+    from recipes import select_task
+
+    named, spelled = select_task("bccd", data_yaml), select_task("long", data_yaml, imgsz=160, epochs=100)
+    teacher = select_task("long", data_yaml, imgsz=160, mosaic=1.0, teacher_epochs=200)
+    assert named.name == spelled.name == f"{Path(data_yaml).parent.name}-long"
+    assert (named.recipe, named.student_epochs) == (spelled.recipe, spelled.student_epochs)
+    assert (named.teacher_train_args(), named.teacher_epochs) == (teacher.teacher_train_args(), teacher.teacher_epochs)
+    assert named.recipe["mosaic"] == 0.0 and named.teacher_train_args()["mosaic"] == 1.0
+    assert select_task("bccd", data_yaml, mosaic=0.5).teacher_train_args()["mosaic"] == 0.5  # the user's --set wins
+    with pytest.raises(ValueError, match="add --data"):
+        select_task("bccd")
+
+    env = {"DISTILL_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "teacher"
+    _run("convergence.py", "--task", "bccd", "--teacher", "--data", data_yaml, "--imgsz", "64", "--epochs", "1",
+         "--out", str(out), env=env)
+    meta = json.loads(out.with_suffix(".json").read_text())["meta"]
+    assert meta["task"] == named.name and meta["recipe"]["mosaic"] == 1.0
+    (cached,) = (tmp_path / "cache" / "teachers").glob("*.pt")
+    assert torch.load(cached, map_location="cpu", weights_only=False)["train_args"]["mosaic"] == 1.0
+    keep = tmp_path / "runs"
+    _run("gain.py", "--task", "bccd", "--data", data_yaml, "--imgsz", "64", "--teacher-epochs", "1", "--epochs", "1",
+         "--seeds", "1", "--methods", "baseline", "--keep", str(keep), "--out", str(tmp_path / "gain"), env=env)
+    result = json.loads((tmp_path / "gain.json").read_text())
+    assert result["meta"]["teacher"] == str(cached)  # the same cache entry: no second teacher trained
+    assert list((tmp_path / "cache" / "teachers").glob("*.pt")) == [cached]
+    (student,) = keep.rglob("last.pt")
+    assert torch.load(student, map_location="cpu", weights_only=False)["train_args"]["mosaic"] == 0.0
+    done = _run("gain.py", "--task", "bccd", "--out", str(tmp_path / "bad"), env=env, rc=2)
+    assert "add --data" in done.stderr and not (tmp_path / "bad.json").exists()
+
+
 def test_convergence_fine_tunes_a_checkpoint_through_the_teacher_cache(tmp_path, data_yaml, teacher_pt):
     """--model <ckpt.pt> (how a pre-trained teacher is fine-tuned on the target data): training starts from that
     checkpoint's weights, the cache is keyed by the file's bytes (changed weights at the same path train a new
