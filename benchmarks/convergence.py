@@ -221,7 +221,8 @@ def main(argv: list[str] | None = None) -> dict:
         if model.task != task.yolo_task:
             p.error(f"--model {a.model} is a {model.task} model; the {task.name} task trains {task.yolo_task} models.")
         weights = fingerprint(model)
-    changed = "".join(f"_{pair}" for pair in a.set)  # a recipe changed by --set never overwrites the recipe's own
+    # A recipe changed by --set, or a teacher's own settings, never overwrite the recipe's own results.
+    changed = "".join(f"_{pair}" for pair in a.set) + (task.teacher_tag() if a.teacher else "")
     name = Path(a.model).stem + (f"-{weights[:8]}" if weights else "")
     out = Path(a.out or f"benchmarks/results/convergence_{task.name}_{name}{changed}")
     n_train, n_val = task.split_sizes()

@@ -366,6 +366,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "that task, or the matching --yolo-task.")
     suffix += (f"_teacher-{'+'.join(Path(t).stem for t in a.teacher)}" if a.teacher else
               f"_teachers-{'+'.join(Path(t).stem for t in a.teacher_models)}" if a.teacher_models else "")
+    suffix += f"_teacher{task.teacher_tag()}" if task.teacher_tag() and not a.teacher else ""
     out = Path(a.out or f"benchmarks/results/gain{'' if task.name == 'full' else '_' + task.name}{suffix}")
     teachers = ([Path(t).resolve() for t in a.teacher] if a.teacher else
                 [task.teacher(a.device, model) for model in a.teacher_models or [DEMO_TEACHER]])

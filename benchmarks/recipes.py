@@ -119,6 +119,11 @@ class Task:
         """The train arguments of the task's teacher: the recipe with the teacher's own settings over it."""
         return {**self.recipe, **self.teacher_recipe}
 
+    def teacher_tag(self) -> str:
+        """'_mosaic=1.0' for a teacher with its own settings ('' without): in default output names, so that results
+        of a recipe's teacher never overwrite those of a teacher trained on the student's recipe."""
+        return "".join(f"_{k}={v}" for k, v in sorted(self.teacher_recipe.items()))
+
 
 YOLO_TASKS = ("detect", "segment", "pose", "obb")
 

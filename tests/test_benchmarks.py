@@ -236,6 +236,8 @@ def test_the_bccd_recipe_by_name_is_the_long_one_with_a_mosaic_teacher(tmp_path,
     assert (named.teacher_train_args(), named.teacher_epochs) == (teacher.teacher_train_args(), teacher.teacher_epochs)
     assert named.recipe["mosaic"] == 0.0 and named.teacher_train_args()["mosaic"] == 1.0
     assert select_task("bccd", data_yaml, mosaic=0.5).teacher_train_args()["mosaic"] == 0.5  # the user's --set wins
+    # default output names: the mosaic teacher's results never overwrite those of one on the student's recipe
+    assert named.teacher_tag() == "_mosaic=1.0" and teacher.teacher_tag() == spelled.teacher_tag() == ""
     with pytest.raises(ValueError, match="add --data"):
         select_task("bccd")
 
