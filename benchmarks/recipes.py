@@ -72,8 +72,8 @@ from distill.synthetic import SyntheticSpec, synthetic_dataset
 
 @dataclass(frozen=True)
 class Task:
-    """A benchmark recipe: data (a synthetic spec or a data.yaml on disk), teacher and student epochs,
-    and the train arguments every run shares."""
+    """A benchmark recipe: data (a synthetic spec or a data.yaml on disk; neither: a recipe for a dataset the
+    user gives with --data), teacher and student epochs, and the train arguments every run shares."""
 
     name: str
     spec: SyntheticSpec | None
@@ -88,7 +88,6 @@ class Task:
     # Train arguments the teacher alone gets, over `recipe` (e.g. mosaic: a teacher that the student's recipe
     # leaves short of its plateau).
     teacher_recipe: dict[str, Any] = field(default_factory=dict)
-    needs_data: bool = False  # a recipe for a dataset the user gives (--data), not for the synthetic one
 
     def data(self) -> Path:
         return self.data_yaml if self.data_yaml is not None else synthetic_dataset(self.spec)
@@ -140,7 +139,7 @@ QUICK = Task("quick", SyntheticSpec(n_train=48, n_val=16, imgsz=96, seed=0), 4, 
 FINETUNE = Task("finetune", DEMO_SPEC, 120, 30, {**DEMO_RECIPE, "nbs": 16}, from_checkpoints=True)
 # `long` at 160 px on a real dataset (BCCD's cells are 10-60 px there); named "long" so that its results carry the
 # name `<data folder>-long`, as the runs made with `--task long --data ... --imgsz 160 --epochs 100` do.
-BCCD = Task("long", None, 200, 100, {**LONG.recipe, "imgsz": 160}, teacher_recipe={"mosaic": 1.0}, needs_data=True)
+BCCD = Task("long", None, 200, 100, {**LONG.recipe, "imgsz": 160}, teacher_recipe={"mosaic": 1.0})
 TASKS = {"short": SHORT, "long": LONG, "bccd": BCCD, "pretrain": PRETRAIN, "finetune": FINETUNE, "quick": QUICK}
 STUDENT = DEMO_STUDENT
 
@@ -167,7 +166,7 @@ def select_task(name: str, data_yaml: str | Path | None = None, yolo_task: str =
     student_epochs = overrides.pop("epochs", task.student_epochs)
     teacher_epochs = overrides.pop("teacher_epochs", task.teacher_epochs)
     if data_yaml is None:
-        if task.needs_data:
+        if task.spec is None:  # a recipe for a dataset the user gives, with no synthetic data of its own
             raise ValueError(f"--task {name} is a recipe for a dataset you give: add --data <dataset>/data.yaml "
                              "(e.g. BCCD's).")
         if overrides or (student_epochs, teacher_epochs) != (task.student_epochs, task.teacher_epochs):
