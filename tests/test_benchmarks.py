@@ -52,6 +52,26 @@ def test_paired_statistics_by_hand():
     assert one["n"] == 1 and math.isnan(one["se"]) and not one["significant"]  # one seed proves nothing
 
 
+def test_the_last_epoch_is_paired_beside_the_best_checkpoint():
+    """best.pt's score is picked on the split it is scored on; the last epoch of each run's curve is not, and is
+    paired seed for seed on its own (runs without a curve are left out of it, never paired as zero)."""
+    base = _rows({0: 0.30, 1: 0.20, 2: 0.40})
+    method = _rows({0: 0.33, 1: 0.22, 2: 0.41})
+    assert "last_epoch" not in summarise(method, base, teacher_map=0.5)  # no curves recorded: nothing to pair
+    for row, curve in zip(base, ([0.1, 0.30, 0.28], [0.1, 0.19, 0.20], [0.2, 0.40, 0.35])):
+        row["curve"] = curve
+    for row, curve in zip(method, ([0.1, 0.33, 0.33], [0.1, 0.22, 0.18], [0.2, 0.41, 0.39])):
+        row["curve"] = curve
+    method[2] = {k: v for k, v in method[2].items() if k != "curve"}
+    s = summarise(method, base, teacher_map=0.5)
+    last = s["last_epoch"]
+    assert last["per_seed"] == {"0": pytest.approx(0.33 - 0.28), "1": pytest.approx(0.18 - 0.20)}  # seed 2: no curve
+    assert last["gain"] == pytest.approx(0.015) and last["gain_se"] == pytest.approx(0.035)
+    assert (last["paired_n"], last["seeds_ahead"], last["significant"]) == (2, 1, False)
+    assert last["map50_95_mean"] == pytest.approx(0.255) and last["baseline_map50_95_mean"] == pytest.approx(0.24)
+    assert s["gain"] == pytest.approx(0.02)  # the best-checkpoint gain is unchanged, over all three seeds
+
+
 def test_code_version_follows_the_code_not_the_results(tmp_path):
     import shutil
 
@@ -331,8 +351,14 @@ def test_gain_quick(tmp_path):
         assert faced["spec"] == "kl" and faced["per_seed"] == {
             str(r["seed"]): pytest.approx(r["map50_95"] - kl[r["seed"]], abs=1e-12) for r in summary["runs"]}
         assert faced["gain"] == pytest.approx(statistics.mean(faced["per_seed"].values()), abs=1e-12)
+        if spec != "baseline":  # and at the last epoch, from each run's own per-epoch validation
+            base_last = {r["seed"]: r["curve"][-1] for r in result["methods"]["baseline"]["runs"]}
+            assert all(len(r["curve"]) == r["epochs"] for r in summary["runs"])
+            assert summary["last_epoch"]["per_seed"] == {
+                str(r["seed"]): pytest.approx(r["curve"][-1] - base_last[r["seed"]], abs=1e-12) for r in summary["runs"]}
     md = out.with_suffix(".md").read_text()
     assert "Against `kl`" in md and "| cwd+kl |" in md.split("Against `kl`")[1]
+    assert "| cwd+kl |" in md.split("Without picking an epoch")[1]
     for versus, why in (("mgd:mgd_weight=2", "not one of the methods"), ("baseline", "paired against the baseline anyway")):
         done = _run("gain.py", "--quick", "--methods", "baseline;mgd", "--versus", versus, "--out",
                     str(tmp_path / "bad"), rc=2)
