@@ -128,8 +128,12 @@ def equal_time_epochs(epochs: int, method_seconds: float, baseline_seconds: floa
 
 def last_epoch_rows(rows: list[dict]) -> list[dict]:
     """Each run's mAP50-95 at its last epoch (the last point of its per-epoch validation curve: last.pt's EMA
-    weights), as rows paired() takes; runs that recorded no curve are left out."""
-    return [{"seed": r["seed"], "map50_95": r["curve"][-1]} for r in rows if r.get("curve")]
+    weights), as rows paired() takes; runs without a full curve (none recorded, stopped early, a non-finite last
+    point) are left out."""
+    return [{"seed": r["seed"], "map50_95": r["curve"][-1]} for r in rows
+            # a run stopped early, or one whose last validation failed, has no last epoch to pair
+            if r.get("curve") and len(r["curve"]) == r.get("epochs") and isinstance(r["curve"][-1], (int, float))
+            and math.isfinite(r["curve"][-1])]
 
 
 def summarise(rows: list[dict], baseline: list[dict] | None, teacher_map: float) -> dict:
@@ -219,8 +223,9 @@ def write_outputs(result: dict, out: Path) -> None:
     last = {spec: s["last_epoch"] for spec, s in methods.items() if "last_epoch" in s}
     if last:
         md += ["", "Without picking an epoch (per seed: the mAP50-95 of the last epoch's validation, method minus the "
-               "baseline. The table above scores best.pt, the epoch Ultralytics keeps for its mAP50-95 on this same val "
-               "split, so that score is picked on the data it is measured on):", "",
+               "baseline. The table above scores best.pt, the epoch Ultralytics keeps for its score on this same val split "
+               "(mAP50-95; boxes plus masks or keypoints for those students), so that score is picked on the data it "
+               "is measured on):", "",
                "| method | last epoch mAP50-95 (mean) | baseline's last epoch (mean) | paired gain mAP50-95 (mean ± SE) "
                "| t | seeds ahead | gain > 2 SE | per seed |", "|---|---|---|---|---|---|---|---|"]
         md += [f"| {spec} | {e['map50_95_mean']:.4f} | {e['baseline_map50_95_mean']:.4f} | {e['gain']:+.4f} ± "

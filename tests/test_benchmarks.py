@@ -62,14 +62,24 @@ def test_the_last_epoch_is_paired_beside_the_best_checkpoint():
         row["curve"] = curve
     for row, curve in zip(method, ([0.1, 0.33, 0.33], [0.1, 0.22, 0.18], [0.2, 0.41, 0.39])):
         row["curve"] = curve
-    method[2] = {k: v for k, v in method[2].items() if k != "curve"}
+    for r in base + method:
+        r["epochs"] = 3
+    method[0] = {k: v for k, v in method[0].items() if k != "curve"}  # seed 0: the method recorded no curve
     s = summarise(method, base, teacher_map=0.5)
     last = s["last_epoch"]
-    assert last["per_seed"] == {"0": pytest.approx(0.33 - 0.28), "1": pytest.approx(0.18 - 0.20)}  # seed 2: no curve
-    assert last["gain"] == pytest.approx(0.015) and last["gain_se"] == pytest.approx(0.035)
+    assert last["per_seed"] == {"1": pytest.approx(0.18 - 0.20), "2": pytest.approx(0.39 - 0.35)}
+    assert last["gain"] == pytest.approx(0.01) and last["gain_se"] == pytest.approx(0.03)
     assert (last["paired_n"], last["seeds_ahead"], last["significant"]) == (2, 1, False)
-    assert last["map50_95_mean"] == pytest.approx(0.255) and last["baseline_map50_95_mean"] == pytest.approx(0.24)
+    assert last["map50_95_mean"] == pytest.approx(0.285) and last["baseline_map50_95_mean"] == pytest.approx(0.275)
     assert s["gain"] == pytest.approx(0.02)  # the best-checkpoint gain is unchanged, over all three seeds
+    # the baseline without a curve at seed 1, and a method run stopped early at seed 2: only complete pairs count
+    base[1] = {k: v for k, v in base[1].items() if k != "curve"}
+    method[2]["curve"] = method[2]["curve"][:2]
+    assert "last_epoch" not in summarise(method, base, teacher_map=0.5)
+    method[2]["curve"] = [0.2, 0.41, float("nan")]  # a last validation that failed
+    assert "last_epoch" not in summarise(method, base, teacher_map=0.5)
+    method[2]["curve"] = [0.2, 0.41, 0.39]
+    assert summarise(method, base, teacher_map=0.5)["last_epoch"]["per_seed"] == {"2": pytest.approx(0.04)}
 
 
 def test_code_version_follows_the_code_not_the_results(tmp_path):
@@ -351,14 +361,16 @@ def test_gain_quick(tmp_path):
         assert faced["spec"] == "kl" and faced["per_seed"] == {
             str(r["seed"]): pytest.approx(r["map50_95"] - kl[r["seed"]], abs=1e-12) for r in summary["runs"]}
         assert faced["gain"] == pytest.approx(statistics.mean(faced["per_seed"].values()), abs=1e-12)
-        if spec != "baseline":  # and at the last epoch, from each run's own per-epoch validation
-            base_last = {r["seed"]: r["curve"][-1] for r in result["methods"]["baseline"]["runs"]}
-            assert all(len(r["curve"]) == r["epochs"] for r in summary["runs"])
+    base_last = {r["seed"]: r["curve"][-1] for r in result["methods"]["baseline"]["runs"]}
+    for spec, summary in result["methods"].items():  # and at the last epoch, from each run's per-epoch validation
+        assert all(len(r["curve"]) == r["epochs"] == meta["epochs"] for r in summary["runs"])
+        if spec != "baseline":
             assert summary["last_epoch"]["per_seed"] == {
                 str(r["seed"]): pytest.approx(r["curve"][-1] - base_last[r["seed"]], abs=1e-12) for r in summary["runs"]}
     md = out.with_suffix(".md").read_text()
     assert "Against `kl`" in md and "| cwd+kl |" in md.split("Against `kl`")[1]
-    assert "| cwd+kl |" in md.split("Without picking an epoch")[1]
+    last_table = md.split("Without picking an epoch")[1].split("Against `kl`")[0]
+    assert all(f"| {spec} |" in last_table for spec in METHODS.split(";") if spec != "baseline")
     for versus, why in (("mgd:mgd_weight=2", "not one of the methods"), ("baseline", "paired against the baseline anyway")):
         done = _run("gain.py", "--quick", "--methods", "baseline;mgd", "--versus", versus, "--out",
                     str(tmp_path / "bad"), rc=2)
