@@ -131,7 +131,6 @@ def last_epoch_rows(rows: list[dict]) -> list[dict]:
     weights), as rows paired() takes; runs without a full curve (none recorded, stopped early, a non-finite last
     point) are left out."""
     return [{"seed": r["seed"], "map50_95": r["curve"][-1]} for r in rows
-            # a run stopped early, or one whose last validation failed, has no last epoch to pair
             if r.get("curve") and len(r["curve"]) == r.get("epochs") and isinstance(r["curve"][-1], (int, float))
             and math.isfinite(r["curve"][-1])]
 
@@ -149,13 +148,14 @@ def summarise(rows: list[dict], baseline: list[dict] | None, teacher_map: float)
         out.update(**gain_fields(diff), gain_map50=diff50["mean"], gain_map50_se=diff50["se"],
                    gap_closed=diff["mean"] / gap if gap > 0 else float("nan"))
         # best.pt is picked on the split it is scored on; the last epoch is picked by no one
-        last, base_last = last_epoch_rows(rows), {r["seed"]: r["map50_95"] for r in last_epoch_rows(baseline)}
-        last = [r for r in last if r["seed"] in base_last]
+        base_last = last_epoch_rows(baseline)
+        last = [r for r in last_epoch_rows(rows) if r["seed"] in {b["seed"] for b in base_last}]
         if last:
-            d = differences([r["map50_95"] - base_last[r["seed"]] for r in last])
+            d, seeds = paired(last, base_last), {r["seed"] for r in last}
             out["last_epoch"] = {**gain_fields(d), "per_seed": {str(r["seed"]): x for r, x in zip(last, d["diffs"])},
                                  "map50_95_mean": statistics.mean(r["map50_95"] for r in last),
-                                 "baseline_map50_95_mean": statistics.mean(base_last[r["seed"]] for r in last)}
+                                 "baseline_map50_95_mean": statistics.mean(r["map50_95"] for r in base_last
+                                                                           if r["seed"] in seeds)}
     timed = [r for r in rows if "equal_time" in r]
     if timed:  # against the baseline given the same wall time, seed for seed
         d = differences([r["map50_95"] - r["equal_time"]["map50_95"] for r in timed])
@@ -197,6 +197,11 @@ def seed_label(seeds: list[int]) -> str:
     return ", ".join(parts)
 
 
+def per_seed_text(per_seed: dict[str, float]) -> str:
+    """{'0': 0.012, '1': -0.003} -> '0: +0.0120, 1: -0.0030' (a table's per-seed column)."""
+    return ", ".join(f"{seed}: {d:+.4f}" for seed, d in per_seed.items())
+
+
 def write_outputs(result: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     output_file(out, ".json").write_text(json.dumps(finite(result), indent=2))
@@ -230,8 +235,7 @@ def write_outputs(result: dict, out: Path) -> None:
                "| t | seeds ahead | gain > 2 SE | per seed |", "|---|---|---|---|---|---|---|---|"]
         md += [f"| {spec} | {e['map50_95_mean']:.4f} | {e['baseline_map50_95_mean']:.4f} | {e['gain']:+.4f} ± "
                f"{e['gain_se']:.4f} | {e['gain_t']:+.1f} | {e['seeds_ahead']}/{e['paired_n']} | "
-               f"{'yes' if e['significant'] else 'no'} | "
-               f"{', '.join(f'{seed}: {d:+.4f}' for seed, d in e['per_seed'].items())} |" for spec, e in last.items()]
+               f"{'yes' if e['significant'] else 'no'} | {per_seed_text(e['per_seed'])} |" for spec, e in last.items()]
     timed = {spec: s["equal_time"] for spec, s in methods.items() if "equal_time" in s}
     if timed:
         md += ["", "Against a baseline given the same wall time (per seed: the baseline trained for the task's "
@@ -248,8 +252,7 @@ def write_outputs(result: dict, out: Path) -> None:
                "| method | paired difference mAP50-95 (mean ± SE) | t | seeds ahead | difference > 2 SE | per seed |",
                "|---|---|---|---|---|---|"]
         md += [f"| {spec} | {v['gain']:+.4f} ± {v['gain_se']:.4f} | {v['gain_t']:+.1f} | {v['seeds_ahead']}/{v['paired_n']} "
-               f"| {'yes' if v['significant'] else 'no'} | "
-               f"{', '.join(f'{seed}: {d:+.4f}' for seed, d in v['per_seed'].items())} |" for spec, v in faced.items()]
+               f"| {'yes' if v['significant'] else 'no'} | {per_seed_text(v['per_seed'])} |" for spec, v in faced.items()]
     md += ["", "sd: sample standard deviation over seeds. Gains are paired: per seed, method minus the baseline "
            "trained with the same seed (same data order and initialisation); mean ± standard error of those "
            "differences, t = mean / SE. gap closed = gain / (teacher - baseline)."]
