@@ -77,9 +77,11 @@ def validate(weights: Path, task, device: str | None):
 
 
 def effective_params(trainer) -> dict:
-    """The distillation hyperparameters a run used, defaults included (they may change between versions)."""
+    """The distillation hyperparameters a run used, defaults included (they may change between versions): each
+    loss's own, and the global distill_weight ('auto' resolved)."""
     if hasattr(trainer, "distiller"):
-        return {name: dict(values) for name, values in trainer.distiller.settings.loss_params.items()}
+        settings = trainer.distiller.settings
+        return {**{name: dict(values) for name, values in settings.loss_params.items()}, "distill_weight": settings.weight}
     return {"dis": trainer.args.dis} if trainer.args.distill_model else {}
 
 

@@ -179,8 +179,8 @@ class Distiller:
             else:
                 LOGGER.warning("Distillation: saved connectors do not fit these losses/layers/teachers; starting fresh.")
         setattr(student, MODULES_ATTR, modules.to(next(student.parameters()).device))
-        self._say(f"Distillation: losses {'+'.join(self.losses)}, student layers {self.student_layers} {s_channels} "
-                  f"-> {'; '.join(described)}")
+        self._say(f"Distillation: losses {'+'.join(self.losses)} (distill_weight {self.settings.weight:g}), student "
+                  f"layers {self.student_layers} {s_channels} -> {'; '.join(described)}")
 
     def _check_heads(self, student: nn.Module, teacher: Teacher, who: str) -> None:
         sh, th = student.model[-1], teacher.head

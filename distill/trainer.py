@@ -72,6 +72,7 @@ class DistillationMixin:
                     # every rank and every resume gets these weights (a .yaml would be re-randomised each time).
                     sources[i] = str(save_teacher(teacher, teacher_save_path(self.save_dir, self.ddp, i if several else None)))
             self.args.Distillation = settings.teacher = list(sources) if several else sources[0]
+            self.args.distill_weight = settings.weight  # 'auto' resolved: resume keeps this number
             if RANK in {-1, 0}:
                 YAML.save(self.save_dir / "args.yaml", vars(self.args))
             names = dataset_names(self.data)

@@ -406,6 +406,7 @@ def test_gain_on_a_users_data_yaml(tmp_path, data_yaml):
     params = {spec: m["runs"][0]["params"] for spec, m in result["methods"].items()}
     assert params["baseline"] == {} and params["builtin:dis=2"] == {"dis": 2}
     assert params["cwd+kl"]["kl"]["weight"] == 0.5 and params["cwd+kl"]["cwd"]["tau"] == 1.0
+    assert params["cwd+kl"]["distill_weight"] == 4.0  # 'auto', resolved
     # each run records what its terms were multiplied by: the calibrated scales, or None for the losses' own weights
     scales = result["methods"]["kl:distill_balance=0.5"]["runs"][0]["balance_scales"]
     assert list(scales) == ["kl"] and scales["kl"] > 0 and result["methods"]["cwd+kl"]["runs"][0]["balance_scales"] is None

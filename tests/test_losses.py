@@ -324,6 +324,17 @@ def test_parameters_of_losses_not_in_use_are_checked_and_reported():
         DistillSettings.from_args({"loss_type": "kl", "mgd_mask_ratio": 1.5})
 
 
+def test_distill_weight_auto_is_the_tuned_weight_of_the_combination():
+    weight = lambda **args: DistillSettings.from_args(args).weight  # noqa: E731
+    assert weight() == weight(loss_type="kl+cwd") == weight(distill_weight="auto") == weight(distill_weight=None) == 4.0
+    assert weight(loss_type="kl") == weight(loss_type="cwd") == weight(loss_type="cwd+kl+mgd") == 1.0
+    assert weight(distill_balance=0.25) == 1.0  # the balance shares are the weights there
+    assert weight(distill_weight=2) == weight(distill_weight="2") == weight(loss_type="mgd", distill_weight=2) == 2.0
+    assert weight(distill_weight=0) == 0.0
+    with pytest.raises(ValueError, match="distill_weight must be a number >= 0 or 'auto', got 'heavy'"):
+        weight(distill_weight="heavy")
+
+
 def test_distillation_free_tail_and_the_schedule_before_it():
     s = DistillSettings.from_args({"distill_schedule": "linear", "distill_final": 0.1, "distill_off_epochs": 1})
     assert [round(s.factor(e, 4), 6) for e in range(4)] == pytest.approx([1, 0.55, 0.1, 0])

@@ -194,6 +194,26 @@ def test_each_loss_trains_end_to_end(loss, data_yaml, teacher_pt, project, monke
     assert all(not m._forward_hooks for m in trainer.model.modules())
 
 
+def test_the_default_combination_trains_at_its_tuned_weight(data_yaml, teacher_pt, project, monkeypatch):
+    """distill_weight 'auto' with the default cwd+kl: the terms of the first step (same seed, data and weights) are
+    4x those of distill_weight=1; args.yaml and the checkpoint record the number, so resume does not re-resolve."""
+    import yaml
+
+    items = _record_items(monkeypatch)
+    firsts = {}
+    for name, extra in (("auto", {}), ("one", {"distill_weight": 1})):
+        items.clear()
+        model = YOLO("yolov8n.yaml")
+        model.train(data=data_yaml, Distillation=teacher_pt, project=project, name=name, **TRAIN, **extra)
+        firsts[name] = items[0]
+        saved = yaml.safe_load((model.trainer.save_dir / "args.yaml").read_text())["distill_weight"]
+        ckpt = torch.load(model.trainer.last, map_location="cpu", weights_only=False)
+        assert saved == ckpt["train_args"]["distill_weight"] == ckpt["distill"]["weight"] == (4.0 if name == "auto" else 1.0)
+    assert set(firsts["auto"]) == {"cwd_loss", "kl_loss"}
+    for term, value in firsts["one"].items():
+        assert value > 0 and firsts["auto"][term] == pytest.approx(4 * value, rel=1e-4), term
+
+
 @pytest.mark.parametrize("teacher,student", [("yolov8s.yaml", "yolov8n.yaml"), ("yolo11s.yaml", "yolov8n.yaml")])
 def test_channel_mismatched_pairs_need_no_configuration(teacher, student, data_yaml, project):
     model = YOLO(student)
