@@ -16,6 +16,7 @@ import yaml
 from conftest import ROOT, TRAIN
 from distill import YOLO, DistillationTrainer
 from distill.compare import results_columns
+from distill.config import DistillSettings
 from distill.distiller import MODULES_ATTR
 from distill.teacher import fingerprint
 
@@ -25,13 +26,13 @@ sys.path.insert(0, {root!r})
 from distill import YOLO
 model = YOLO("yolov8n.yaml")
 model.add_callback("on_fit_epoch_end", lambda tr: os._exit(3) if tr.epoch == 0 else None)  # die after epoch 1
-model.train(data={data!r}, Distillation={teacher!r}, loss_type="cwd+mgd", project={project!r}, name="run",
+model.train(data={data!r}, Distillation={teacher!r}, loss_type={loss!r}, project={project!r}, name="run",
             distill_schedule="linear", distill_final=0.2, epochs=3, imgsz=64, batch=8, workers=0, plots=False, seed=0)
 """
 
 
-def _killed_run(data_yaml, teacher_pt, project) -> Path:
-    code = KILLED_RUN.format(root=str(ROOT), data=data_yaml, teacher=teacher_pt, project=project)
+def _killed_run(data_yaml, teacher_pt, project, loss: str = "cwd+mgd") -> Path:
+    code = KILLED_RUN.format(root=str(ROOT), data=data_yaml, teacher=teacher_pt, project=project, loss=loss)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 3, done.stderr[-2000:]
     last = Path(project) / "run" / "weights" / "last.pt"
@@ -64,6 +65,28 @@ def test_resume_in_python_restores_connectors_exactly(data_yaml, teacher_pt, pro
     run = Path(model.trainer.save_dir)
     assert _column(run, "epoch") == [1, 2, 3]
     assert all(v > 0 for v in _column(run, "train/cwd_loss")) and all(v > 0 for v in _column(run, "train/mgd_loss"))
+
+
+def test_resume_keeps_the_resolved_distill_weight(data_yaml, teacher_pt, project, tmp_path, monkeypatch):
+    """distill_weight 'auto' is resolved once, when a run starts: resume takes the number from the checkpoint, so a
+    later change of the tuned weights cannot change a run halfway, and a checkpoint written before 'auto' existed
+    (which holds 1.0) resumes at 1."""
+    import distill.config
+
+    last = _killed_run(data_yaml, teacher_pt, project, loss="cwd+kl")
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    assert ckpt["train_args"]["distill_weight"] == 4.0
+    ckpt["train_args"]["distill_weight"] = 1.0
+    torch.save(ckpt, tmp_path / "before_auto.pt")
+    monkeypatch.setitem(distill.config.TUNED_WEIGHTS, frozenset({"cwd", "kl"}), 2.0)
+    for path, expected in ((last, 4.0), (tmp_path / "before_auto.pt", 1.0)):
+        seen = {}
+        model = YOLO(str(path))
+        model.add_callback("on_pretrain_routine_end",
+                           lambda tr: seen.update(weight=tr.distiller.settings.weight, start=tr.start_epoch))
+        model.train(resume=True)
+        assert seen == {"weight": expected, "start": 1}, path
+    assert DistillSettings.from_args({}).weight == 2.0  # a fresh run would take the patched table
 
 
 def test_resume_refuses_a_changed_teacher(data_yaml, teacher_pt, project, tmp_path):
