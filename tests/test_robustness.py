@@ -412,7 +412,7 @@ def test_resume_keeps_the_distillation_free_tail(data_yaml, teacher_pt, project,
     detection loss alone, with no teacher forward there."""
     from distill.features import FeatureRecorder
 
-    code = KILLED_RUN.replace('loss_type="cwd+mgd"', 'loss_type="cwd", distill_off_epochs=1').replace(
+    code = KILLED_RUN.replace("loss_type={loss!r}", 'loss_type="cwd", distill_off_epochs=1').replace(
         'distill_schedule="linear", distill_final=0.2, ', "")
     done = subprocess.run([sys.executable, "-c", code.format(root=str(ROOT), data=data_yaml, teacher=teacher_pt,
                                                              project=project)], capture_output=True, text=True)
