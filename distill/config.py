@@ -9,7 +9,6 @@ gets Ultralytics' "did you mean" error.
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +32,7 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
     # TUNED_WEIGHTS below.
     "loss_type": ("cwd+kl", "distillation loss name(s) from the registry, '+'-joined, e.g. 'cwd+kl'"),
     "distill_weight": ("auto", "global multiplier on every distillation term; 'auto': the weight measured best for the "
-                       "loss combination and the student's start (cwd+kl: 4 from scratch, 1 from trained weights), "
-                       "else 1, and 1 under distill_balance"),
+                       "loss combination (4 for cwd+kl), else 1, and 1 under distill_balance"),
     "distill_schedule": ("constant", f"epoch-level weight schedule: {', '.join(SCHEDULES)}"),
     "distill_final": (0.1, "weight ratio reached at the last epoch by 'linear' and 'cosine'"),
     "distill_off_epochs": (0, "the last N epochs train without distillation (the teacher does not run), as in "
@@ -88,7 +86,6 @@ class DistillSettings:
     losses: list[str]
     loss_params: dict[str, dict[str, float]] = field(default_factory=dict)
     weight: float = 1.0
-    auto_weight: bool = False  # distill_weight was 'auto': the trainer settles it once it knows the student's start
     schedule: str = "constant"
     final: float = 0.1
     student_layers: list[int] | None = None
@@ -137,8 +134,7 @@ class DistillSettings:
         if steps < 1 or steps != int(steps):
             raise ValueError(f"distill_balance_steps must be a whole number >= 1, got {get('distill_balance_steps')!r}.")
         scales = parse_scales(get("distill_balance_scales"), losses) if balance else None
-        auto = is_auto(get("distill_weight"))
-        weight = resolve_weight(get("distill_weight"), losses, balance, starts_trained(get("model"), get("pretrained")))
+        weight = resolve_weight(get("distill_weight"), losses, balance)
         balance_by = str(get("distill_balance_by") or "value").lower()
         if balance_by not in BALANCE_BY:
             raise ValueError(f"distill_balance_by must be one of {', '.join(BALANCE_BY)}, got {balance_by!r}.")
@@ -159,7 +155,7 @@ class DistillSettings:
         if balance and changed:
             ignored.append(f"{', '.join(changed)} set, but distill_balance > 0 replaces the losses' weights by "
                            "calibrated scales")
-        return cls(get("Distillation"), losses, params, weight, auto, schedule, final, s_layers, t_layers,
+        return cls(get("Distillation"), losses, params, weight, schedule, final, s_layers, t_layers,
                    int(off), balance, int(steps), scales, balance_by, teacher_weights, ensemble, unused, ignored)
 
     @property
@@ -252,32 +248,18 @@ def parse_scales(value: Any, losses: list[str]) -> dict[str, float] | None:
     return scales
 
 
-# distill_weight 'auto' per loss combination, for a student trained from scratch: the weight that led at convergence
-# on the seeds that chose it and held on fresh ones. cwd+kl: BCCD yolov8s -> yolov8n, 100 epochs, chosen on seeds 0-1
-# (1, 2, 4, 8 tried); fresh seeds 6-11 (benchmarks/results/gain_bccd-long-cpu_fresh.md): weight 4 +0.0373 +- 0.0034
-# over the baseline (64 % of the gap), +0.0120 +- 0.0026 over weight 1 (6/6). From trained weights it does not help:
-# pre-trained BCCD pair -0.0018 +- 0.0005 against weight 1 (0/5, gain_bccd-long-pretrained.md), synthetic fine-tune
-# -0.0011 +- 0.0018 (gain_finetune.md), so a student that starts trained keeps weight 1.
+# distill_weight 'auto' per loss combination: the weight that led at convergence on the seeds that chose it and
+# held on fresh ones. cwd+kl: BCCD yolov8s -> yolov8n, 100 epochs, chosen on seeds 0-1 (1, 2, 4 tried); fresh seeds
+# 6-11 (benchmarks/results/gain_bccd-long-cpu_fresh.md): weight 4 +0.0373 +- 0.0034 over the baseline (64 % of the
+# gap), +0.0120 +- 0.0026 over weight 1 (6/6); even with weight 1 on the synthetic fine-tune (gain_finetune.md).
 TUNED_WEIGHTS: dict[frozenset[str], float] = {frozenset({"cwd", "kl"}): 4.0}
 
 
-def is_auto(value: Any) -> bool:
-    """Whether a distill_weight value asks for the tuned weight ('auto', None or empty)."""
-    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto"))
-
-
-def starts_trained(model: Any, pretrained: Any) -> bool:
-    """Best guess from the train arguments alone: a .pt student, or `pretrained` naming a weights file. The trainer
-    settles it from the weights it builds the student with (a model given `.load()` weights keeps a .yaml name)."""
-    return isinstance(pretrained, (str, Path)) and bool(str(pretrained)) or str(model or "").lower().endswith(".pt")
-
-
-def resolve_weight(value: Any, losses: list[str], balance: float = 0.0, trained: bool = False) -> float:
-    """distill_weight as a number: 'auto' (or None) -> TUNED_WEIGHTS for `losses` for a student trained from scratch;
-    1 if untuned, if the student starts from trained weights (`trained`), or under distill_balance (whose shares of
-    the detection loss are the weights then). A number is checked, >= 0."""
-    if is_auto(value):
-        return 1.0 if balance or trained else TUNED_WEIGHTS.get(frozenset(losses), 1.0)
+def resolve_weight(value: Any, losses: list[str], balance: float = 0.0) -> float:
+    """distill_weight as a number: 'auto' (or None) -> TUNED_WEIGHTS for `losses` (1 if untuned, or under
+    distill_balance, whose shares of the detection loss are the weights then); a number is checked, >= 0."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+        return 1.0 if balance else TUNED_WEIGHTS.get(frozenset(losses), 1.0)
     try:
         weight = _number(value, "distill_weight", 1.0)
     except ValueError:

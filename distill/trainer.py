@@ -22,7 +22,7 @@ from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_m
 
 from distill.amp_check import OfflineAMPCheck
 from distill.classmap import check_classes, class_map, covered_classes, dataset_names
-from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings, resolve_weight, teacher_sources
+from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings, teacher_sources
 from distill.distiller import MODULES_ATTR, Distiller
 from distill.losses import get_loss_class
 from distill.teacher import (atomic_save, check_task, fingerprint, freeze, is_teacher_file, load_teacher,
@@ -109,26 +109,11 @@ class DistillationMixin:
         """Student from Ultralytics, with connectors and loss layers attached before the optimizer is built."""
         model = super().get_model(cfg, weights, verbose)
         try:
-            self._settle_auto_weight(trained=weights is not None)
             self.distiller.attach(model, weights if isinstance(weights, nn.Module) else None)
         except Exception:
             self._discard_run()  # e.g. incompatible detection levels: leave no half-made run behind
             raise
         return model
-
-    def _settle_auto_weight(self, trained: bool) -> None:
-        """distill_weight 'auto' depends on whether the student starts from trained weights, which only get_model
-        knows for sure (a .yaml student given `.load()` weights); correct the guess made from the arguments, in the
-        settings, args and args.yaml, before anything trains or is saved with it."""
-        s = self.distiller.settings
-        if not s.auto_weight:
-            return
-        s.auto_weight = False  # settled: later get_model calls, resume and DDP workers keep this number
-        weight = resolve_weight("auto", s.losses, s.balance, trained)
-        if weight != s.weight:
-            s.weight = self.args.distill_weight = weight
-            if RANK in {-1, 0}:
-                YAML.save(self.save_dir / "args.yaml", vars(self.args))
 
     def set_model_attributes(self):
         """Runs in every set-up path before the optimizer is built, also in DDP workers, which receive the

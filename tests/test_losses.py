@@ -329,8 +329,6 @@ def test_distill_weight_auto_is_the_tuned_weight_of_the_combination():
     assert weight() == weight(loss_type="kl+cwd") == weight(distill_weight="auto") == weight(distill_weight=None) == 4.0
     assert weight(loss_type="kl") == weight(loss_type="cwd") == weight(loss_type="cwd+kl+mgd") == 1.0
     assert weight(distill_balance=0.25) == 1.0  # the balance shares are the weights there
-    assert weight(model="yolov8n.pt") == weight(model="yolov8n.yaml", pretrained="yolov8n.pt") == 1.0  # starts trained
-    assert weight(model="yolov8n.yaml", pretrained=True) == 4.0
     assert weight(distill_balance=0.25, distill_weight=3) == 3.0  # a number given is a number used
     from ultralytics.cfg import get_cfg
 

@@ -195,25 +195,20 @@ def test_each_loss_trains_end_to_end(loss, data_yaml, teacher_pt, project, monke
 
 
 def test_the_default_combination_trains_at_its_tuned_weight(data_yaml, teacher_pt, project, monkeypatch):
-    """distill_weight 'auto' with the default cwd+kl: from scratch, the terms of the first step (same seed, data and
-    weights) are 4x those of distill_weight=1; a student that starts from trained weights (a .pt, or a .yaml given
-    `.load()` weights, which only the trainer's get_model sees) trains at 1. args.yaml and the checkpoint record the
-    number (resume keeps it: test_robustness.py)."""
+    """distill_weight 'auto' with the default cwd+kl: the terms of the first step (same seed, data and weights) are
+    4x those of distill_weight=1; args.yaml and the checkpoint record the number, so resume does not re-resolve."""
     import yaml
 
     items = _record_items(monkeypatch)
-    firsts, last = {}, None
-    runs = (("auto", lambda: YOLO("yolov8n.yaml"), {}, 4.0), ("one", lambda: YOLO("yolov8n.yaml"), {"distill_weight": 1}, 1.0),
-            ("from_pt", lambda: YOLO(str(last)), {}, 1.0), ("loaded", lambda: YOLO("yolov8n.yaml").load(str(last)), {}, 1.0))
-    for name, make, extra, expected in runs:
+    firsts = {}
+    for name, extra in (("auto", {}), ("one", {"distill_weight": 1})):
         items.clear()
-        model = make()
+        model = YOLO("yolov8n.yaml")
         model.train(data=data_yaml, Distillation=teacher_pt, project=project, name=name, **TRAIN, **extra)
-        firsts[name], last = items[0], last or model.trainer.last
+        firsts[name] = items[0]
         saved = yaml.safe_load((model.trainer.save_dir / "args.yaml").read_text())["distill_weight"]
         ckpt = torch.load(model.trainer.last, map_location="cpu", weights_only=False)
-        assert saved == ckpt["train_args"]["distill_weight"] == ckpt["distill"]["weight"] == expected, name
-        assert model.trainer.distiller.settings.weight == expected, name
+        assert saved == ckpt["train_args"]["distill_weight"] == ckpt["distill"]["weight"] == (4.0 if name == "auto" else 1.0)
     assert set(firsts["auto"]) == {"cwd_loss", "kl_loss"}
     for term, value in firsts["one"].items():
         assert value > 0 and firsts["auto"][term] == pytest.approx(4 * value, rel=1e-4), term
