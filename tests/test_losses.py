@@ -325,13 +325,13 @@ def test_parameters_of_losses_not_in_use_are_checked_and_reported():
 
 
 def test_distill_weight_auto_is_the_tuned_weight_of_the_combination():
+    from ultralytics.cfg import get_cfg
+
     weight = lambda **args: DistillSettings.from_args(args).weight  # noqa: E731
     assert weight() == weight(loss_type="kl+cwd") == weight(distill_weight="auto") == weight(distill_weight=None) == 4.0
     assert weight(loss_type="kl") == weight(loss_type="cwd") == weight(loss_type="cwd+kl+mgd") == 1.0
     assert weight(distill_balance=0.25) == 1.0  # the balance shares are the weights there
     assert weight(distill_balance=0.25, distill_weight=3) == 3.0  # a number given is a number used
-    from ultralytics.cfg import get_cfg
-
     assert DistillSettings.from_args(get_cfg()).weight == 4.0  # the registered default, as a trainer reads it
     assert weight(distill_weight=2) == weight(distill_weight="2") == weight(loss_type="mgd", distill_weight=2) == 2.0
     assert weight(distill_weight=0) == 0.0
