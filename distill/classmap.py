@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from ultralytics.utils import LOGGER
 
-from distill.config import CORE_KEYS, DistillSettings
+from distill.config import AUTO_LOSSES, DistillSettings
 from distill.losses import class_free_losses, get_loss_class
 from distill.teacher import class_names
 
@@ -103,7 +103,7 @@ def class_map(teacher: nn.Module, names: list[str], settings: DistillSettings) -
         return match_classes(names, class_names(teacher))
     except ValueError as e:
         spec = "+".join(settings.losses)
-        given = f"loss_type '{spec}'" + (", the default" if spec == CORE_KEYS["loss_type"][0] else "")
+        given = f"loss_type '{spec}'" + (", the default" if spec == AUTO_LOSSES["dfl"] else "")
         raise ValueError(f"{_differ(teacher, names)}, and {e}; the logit loss '{'+'.join(logit)}' (of {given}) needs "
                          "classes it can match by name. Use a teacher trained on these classes, or only losses that "
                          f"need no shared classes ({', '.join(class_free_losses())}), e.g. --loss cwd "

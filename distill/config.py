@@ -25,12 +25,9 @@ BALANCE_BY = ("value", "gradient")
 CORE_KEYS: dict[str, tuple[Any, str]] = {
     "Distillation": (None, "teacher: .pt checkpoint, model .yaml, YOLO object or nn.Module; or a list of them "
                      "(several teachers)"),
-    # Default = highest mean gain at convergence on BCCD: benchmarks/results/gain_bccd-long-cpu.md (6 seeds, each
-    # loss at its own weights: cwd+kl +0.024 mAP50-95 over the baseline, +0.011 over kl alone, t 3.8; cwd alone
-    # +0.020, not distinguishable). On the synthetic task's short schedule kl alone led (gain_all.md: +0.018 against
-    # +0.009) and cwd alone gained nothing (3 seeds), so the combination is the one positive on both. Its weight:
-    # TUNED_WEIGHTS below.
-    "loss_type": ("cwd+kl", "distillation loss name(s) from the registry, '+'-joined, e.g. 'cwd+kl'"),
+    # 'auto': the loss that led at convergence for the kind of pair, AUTO_LOSSES below.
+    "loss_type": ("auto", "distillation loss name(s) from the registry, '+'-joined, e.g. 'cwd+kl'; 'auto': crosskd "
+                  "when the student and every teacher are detection models with DFL-free heads (YOLO26), else cwd+kl"),
     "distill_weight": ("auto", "global multiplier on every distillation term; 'auto': the weight measured best for the "
                        "loss combination (4 for cwd+kl), else 1, and 1 under distill_balance"),
     "distill_schedule": ("constant", f"epoch-level weight schedule: {', '.join(SCHEDULES)}"),
@@ -58,6 +55,22 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
                                "Detect inputs, position for position; other layers keep their index where both "
                                "models share a layout"),
 }
+
+
+# loss_type 'auto' per kind of pair, resolved by the trainer from the heads before anything else reads it.
+# "dfl" (any pair with a DFL head; also segment, pose and OBB students): highest mean gain at convergence on BCCD,
+# benchmarks/results/gain_bccd-long-cpu.md (6 seeds, each loss at its own weights: cwd+kl +0.024 mAP50-95 over the
+# baseline, +0.011 over kl alone, t 3.8; cwd alone +0.020, not distinguishable); on the synthetic task's short schedule
+# kl alone led and cwd alone gained nothing, so the combination is the one positive on both. Its weight: TUNED_WEIGHTS.
+# "dfl_free" (YOLO26 student and teachers, detection, the default layers): yolo26s -> yolo26n on BCCD at 200 epochs,
+# benchmarks/results/gain_bccd-long200-yolo26.md: crosskd chosen over cwd+kl at weight 4 on seeds 0-4 and confirmed
+# on fresh seeds (see that file); at 100 epochs the two were even.
+AUTO_LOSSES = {"dfl": "cwd+kl", "dfl_free": "crosskd"}
+
+
+def is_auto(spec: Any) -> bool:
+    """Whether loss_type `spec` asks for the pair's default loss (unset, '' or 'auto')."""
+    return spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "auto"))
 
 
 for _key, (_default, _help) in CORE_KEYS.items():
@@ -104,7 +117,9 @@ class DistillSettings:
     def from_args(cls, args: Any) -> "DistillSettings":
         """Read and validate settings from an Ultralytics args namespace; raises ValueError with a fix."""
         get = (lambda k: args.get(k)) if isinstance(args, dict) else (lambda k: getattr(args, k, None))
-        losses = parse_loss_spec(get("loss_type") or CORE_KEYS["loss_type"][0])
+        # An 'auto' not yet resolved (argument checks before any model is read) validates as the DFL pairs' loss.
+        spec = get("loss_type")
+        losses = parse_loss_spec(AUTO_LOSSES["dfl"] if is_auto(spec) else spec)
         params = {name: get_loss_class(name).read_params(get) for name in losses}
         unused = []  # changed from their defaults although their loss is not in use
         for name in (n for n in available_losses() if n not in losses):

@@ -17,12 +17,15 @@ from torch import nn
 from ultralytics.cfg import get_cfg
 from ultralytics.data.utils import check_det_dataset
 from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.nn.modules import Detect
+from ultralytics.nn.tasks import yaml_model_load
 from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, YAML
 from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
 
 from distill.amp_check import OfflineAMPCheck
 from distill.classmap import check_classes, class_map, covered_classes, dataset_names
-from distill.config import CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings, teacher_sources
+from distill.checkpoints import read_checkpoint
+from distill.config import AUTO_LOSSES, CORE_KEYS, IN_MEMORY_TEACHER, DistillSettings, is_auto, teacher_sources
 from distill.distiller import MODULES_ATTR, Distiller
 from distill.losses import get_loss_class
 from distill.teacher import (atomic_save, check_task, fingerprint, freeze, is_teacher_file, load_teacher,
@@ -235,33 +238,38 @@ def preflight(cfg: Any, overrides: dict, loaded: list[nn.Module | None], task: s
     """Check arguments, dataset and teachers before any file is written; returns the loaded teachers. loaded: the
     teachers given as objects (None where a path is given), in the order of `Distillation`; task: the student's."""
     args = get_cfg(cfg, overrides)
-    settings = DistillSettings.from_args(args)  # loss names and hyperparameters
-    if settings.unused:
-        LOGGER.warning(f"Distillation: {', '.join(settings.unused)} set, but loss_type is "
-                       f"'{'+'.join(settings.losses)}', so they have no effect.")
-    for sentence in settings.ignored:
-        LOGGER.warning(f"Distillation: {sentence}.")
+    settings = DistillSettings.from_args(args)  # every value checked before a model is read
     sources = settings.teachers
     if not sources:
         raise ValueError("no teacher given: pass Distillation=<teacher .pt | .yaml | YOLO | nn.Module> or a list of "
                          "them (CLI: --teacher).")
     data = check_det_dataset(args.data) if args.data else None  # what the trainer loads next anyway
-    teachers, maps = [], []
+    teachers = []
     for i, (model, source) in enumerate(zip(loaded, sources)):
-        name = "the teacher" if len(sources) == 1 else f"teacher {i + 1} ({source})"
-        who = "" if len(sources) == 1 else f"{name}: "
         try:
             teacher = model if model is not None else load_teacher(source, nc=data["nc"] if data else None,
                                                                    kpt_shape=(data or {}).get("kpt_shape"))
-            check_task(teacher, task, name)
-            if data is not None:
-                maps.append(check_classes(teacher, dataset_names(data), settings, name))
+            check_task(teacher, task, _teacher_name(sources, i))
         except (ValueError, FileNotFoundError) as e:
-            raise type(e)(f"{who}{e}") from None
+            raise type(e)(f"{_teacher_who(sources, i)}{e}") from None
         if Path(str(source)).suffix in {".yaml", ".yml"}:
-            LOGGER.warning(f"Distillation: {who}the teacher is built from {source}, so its weights are random: it "
-                           "teaches nothing (only useful to test a set-up). Pass a trained .pt checkpoint.")
+            LOGGER.warning(f"Distillation: {_teacher_who(sources, i)}the teacher is built from {source}, so its weights "
+                           "are random: it teaches nothing (only useful to test a set-up). Pass a trained .pt checkpoint.")
         teachers.append(teacher)
+    if is_auto(args.loss_type):  # the trainer, resume and DDP workers then read the chosen name from args
+        overrides["loss_type"] = args.loss_type = auto_loss(args.model, teachers, task, settings)
+        settings = DistillSettings.from_args(args)
+    if settings.unused:
+        LOGGER.warning(f"Distillation: {', '.join(settings.unused)} set, but loss_type is "
+                       f"'{'+'.join(settings.losses)}', so they have no effect.")
+    for sentence in settings.ignored:
+        LOGGER.warning(f"Distillation: {sentence}.")
+    maps = []
+    for i, teacher in enumerate(teachers) if data is not None else ():
+        try:
+            maps.append(check_classes(teacher, dataset_names(data), settings, _teacher_name(sources, i)))
+        except ValueError as e:
+            raise ValueError(f"{_teacher_who(sources, i)}{e}") from None
     files = [str(src) for src in sources if isinstance(src, (str, Path))]
     if len(set(files)) < len(files):
         LOGGER.warning("Distillation: the same teacher file is given more than once; each copy runs (and costs) "
@@ -270,6 +278,38 @@ def preflight(cfg: Any, overrides: dict, loaded: list[nn.Module | None], task: s
         raise ValueError("distill_ensemble needs teachers that teach the same dataset classes, but their class lists "
                          "cover different ones; set distill_ensemble=False (one term per teacher).")
     return teachers
+
+
+def _teacher_name(sources: list[Any], i: int) -> str:
+    return "the teacher" if len(sources) == 1 else f"teacher {i + 1} ({sources[i]})"
+
+
+def _teacher_who(sources: list[Any], i: int) -> str:
+    """The prefix naming teacher i in an error: none for a single teacher."""
+    return "" if len(sources) == 1 else f"{_teacher_name(sources, i)}: "
+
+
+def auto_loss(student: Any, teachers: list[nn.Module], task: str, settings: DistillSettings) -> str:
+    """loss_type 'auto' for this pair: AUTO_LOSSES['dfl_free'] (crosskd) when a detection student and every teacher
+    have DFL-free heads (reg_max 1, YOLO26) and the default layers (the Detect inputs, which crosskd needs) are
+    distilled; AUTO_LOSSES['dfl'] (cwd+kl) otherwise. student: the student's .pt or .yaml (args.model)."""
+    default_layers = settings.student_layers is None and all(settings.layers_of(i) is None for i in range(len(teachers)))
+    if (task == "detect" and default_layers and all(int(t.model[-1].reg_max) == 1 for t in teachers)
+            and student_reg_max(student) == 1):  # the student's file is read last, only where it decides
+        LOGGER.info(f"Distillation: loss_type 'auto' is '{AUTO_LOSSES['dfl_free']}' for this pair (DFL-free heads).")
+        return AUTO_LOSSES["dfl_free"]
+    return AUTO_LOSSES["dfl"]
+
+
+def student_reg_max(source: Any) -> int | None:
+    """reg_max of the head the student `source` (.pt or model .yaml path) has, without building it from a YAML;
+    None where there is no path to read (Ultralytics reports a missing model itself)."""
+    if not isinstance(source, (str, Path)) or not str(source):
+        return None
+    if Path(str(source)).suffix in {".yaml", ".yml"}:
+        return int(yaml_model_load(str(source)).get("reg_max", 16))  # parse_model's default for YAMLs without it
+    head = read_checkpoint(source, "student").model[-1]
+    return int(head.reg_max) if isinstance(head, Detect) else None
 
 
 def distill_arg_keys() -> set[str]:

@@ -168,12 +168,13 @@ def test_each_preset_trains_its_own_losses(preset, data_yaml, teacher_pt, projec
 
 
 def test_typed_flags_beat_the_preset(data_yaml, teacher_pt, project):
-    """Typed flags win over the preset, even when they repeat the CLI's default value (--loss cwd+kl)."""
+    """Typed flags win over the preset, even when they repeat the CLI's default value (--loss auto, which is cwd+kl
+    for this yolov8 pair)."""
     from distill.cli import build_parser, parse_extra, train_args, typed_options
     from distill.config import CORE_KEYS
 
     default = CORE_KEYS["loss_type"][0]
-    assert default == "cwd+kl"  # the case this test is about: the typed loss equals the flag's default
+    assert default == "auto"  # the case this test is about: the typed loss equals the flag's default
     preset = Path(project).parent / "preset.yaml"  # values that differ from every default
     preset.write_text("loss_type: kl\nkl_weight: 0.25\nkl_temperature: 2.0\ndistill_weight: 0.5\n")
     argv = ["--config", str(preset), "--loss", default, "--kl-weight", "0.5", "lr0=0.02"]
@@ -181,7 +182,7 @@ def test_typed_flags_beat_the_preset(data_yaml, teacher_pt, project):
     ns, rest = parser.parse_known_args(argv)
     args = train_args(ns, parse_extra(rest), typed_options(argv, parser))
     # typed: loss (even though it is the CLI's default) and kl_weight; untyped: the preset's values stay
-    assert (args["loss_type"], args["kl_weight"], args["lr0"]) == ("cwd+kl", 0.5, 0.02)
+    assert (args["loss_type"], args["kl_weight"], args["lr0"]) == ("auto", 0.5, 0.02)
     assert (args["kl_temperature"], args["distill_weight"]) == (2.0, 0.5)
     model = YOLO("yolov8n.yaml")
     model.train(data=data_yaml, Distillation=teacher_pt, name="typed", **{**args, "project": project}, **TRAIN)
@@ -293,6 +294,38 @@ def test_cli_yolo26_teacher_distils_the_branches_both_heads_have(student, branch
     note = "both have end-to-end heads" if len(branches) == 2 else "skips the one-to-one branch"
     assert sum(note in m for m in said) == 1  # said once, though the set-up attaches twice
     assert results_columns(Path(project) / "e2e")["train/kl_loss"][0] > 0
+
+
+def test_the_default_loss_follows_the_heads(data_yaml, teacher_pt, project):
+    """No --loss: a YOLO26 pair (both heads DFL-free) trains with crosskd, recorded in args.yaml and in the args that
+    checkpoints carry to resume and DDP workers. A student .pt is read for its head. A DFL head on either side, another
+    task or explicit layers keep cwd+kl."""
+    from ultralytics.cfg import get_cfg
+    from ultralytics.nn.tasks import DetectionModel
+
+    from distill.cli import main
+    from distill.config import DistillSettings
+    from distill.trainer import auto_loss, student_reg_max
+
+    code = main(["--teacher", "yolo26s.yaml", "--student", "yolo26n.yaml", "--data", data_yaml, "--epochs", "1",
+                 "--imgsz", "64", "--batch", "8", "--project", project, "--name", "auto26", "workers=0", "plots=False"])
+    assert code == 0
+    run = Path(project) / "auto26"
+    assert yaml.safe_load((run / "args.yaml").read_text())["loss_type"] == "crosskd"
+    assert _loss_columns(run) == {"crosskd"} and results_columns(run)["train/crosskd_loss"][0] > 0
+    ckpt = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=False)
+    assert ckpt["train_args"]["loss_type"] == "crosskd" and ckpt["distill"]["losses"] == ["crosskd"]
+    assert ckpt["distill"]["weight"] == 1.0  # crosskd's weight was measured at 1: no tuned weight
+
+    settings = DistillSettings.from_args(get_cfg(overrides={"Distillation": "t.pt"}))
+    assert settings.losses == ["cwd", "kl"] and settings.weight == 4.0  # 'auto' unresolved validates as cwd+kl
+    t26, t8 = (DetectionModel(f, nc=3, verbose=False) for f in ("yolo26s.yaml", "yolov8s.yaml"))
+    last = str(run / "weights" / "last.pt")
+    assert student_reg_max(last) == 1 and student_reg_max("yolov8n.yaml") == 16
+    assert auto_loss(last, [t26], "detect", settings) == auto_loss("yolo26n.yaml", [t26, t26], "detect", settings) == "crosskd"
+    assert {auto_loss("yolo26n.yaml", [t8], "detect", settings), auto_loss("yolov8n.yaml", [t26], "detect", settings),
+            auto_loss("yolo26n.yaml", [t26, t8], "detect", settings), auto_loss(last, [t26], "segment", settings),
+            auto_loss(last, [t26], "detect", DistillSettings.from_args({"distill_layers": "16,19,22"}))} == {"cwd+kl"}
 
 
 def test_the_demo_at_its_own_schedule_ends_with_what_it_cannot_show(project, monkeypatch, capsys):
