@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also train the same student without a teacher (same data, seed, epochs, augmentation) "
                    "and write a comparison report into the run folder")
     d = p.add_argument_group("distillation")
-    d.add_argument("--loss", default=CORE_KEYS["loss_type"][0], help=f"loss name(s), '+'-joined, or 'auto': crosskd for YOLO26 (DFL-free) pairs, else cwd+kl; registered: {', '.join(available_losses())}")
+    d.add_argument("--loss", default=CORE_KEYS["loss_type"][0], help=f"loss name(s), '+'-joined, or 'auto': crosskd for YOLO26 (DFL-free) detection pairs on the default layers, else cwd+kl; registered: {', '.join(available_losses())}")
     for key in ("distill_weight", "distill_schedule", "distill_final", "distill_off_epochs", "distill_balance", "distill_balance_by", "distill_balance_steps",
                 "distill_layers", "distill_teacher_layers", "distill_teacher_weights", "distill_ensemble"):
         default, text = CORE_KEYS[key]

@@ -27,7 +27,8 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
                      "(several teachers)"),
     # 'auto': the loss that led at convergence for the kind of pair, AUTO_LOSSES below.
     "loss_type": ("auto", "distillation loss name(s) from the registry, '+'-joined, e.g. 'cwd+kl'; 'auto': crosskd "
-                  "when the student and every teacher are detection models with DFL-free heads (YOLO26), else cwd+kl"),
+                  "when the student and every teacher are detection models with DFL-free heads (YOLO26) and the "
+                  "default layers are distilled, else cwd+kl"),
     "distill_weight": ("auto", "global multiplier on every distillation term; 'auto': the weight measured best for the "
                        "loss combination (4 for cwd+kl), else 1, and 1 under distill_balance"),
     "distill_schedule": ("constant", f"epoch-level weight schedule: {', '.join(SCHEDULES)}"),

@@ -20,6 +20,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.nn.modules import Detect
 from ultralytics.nn.tasks import yaml_model_load
 from ultralytics.utils import DEFAULT_CFG, LOCAL_RANK, LOGGER, RANK, YAML
+from ultralytics.utils.checks import check_model_file_from_stem
 from ultralytics.utils.torch_utils import torch_distributed_zero_first, unwrap_model
 
 from distill.amp_check import OfflineAMPCheck
@@ -290,25 +291,35 @@ def _teacher_who(sources: list[Any], i: int) -> str:
 
 
 def auto_loss(student: Any, teachers: list[nn.Module], task: str, settings: DistillSettings) -> str:
-    """loss_type 'auto' for this pair: AUTO_LOSSES['dfl_free'] (crosskd) when a detection student and every teacher
-    have DFL-free heads (reg_max 1, YOLO26) and the default layers (the Detect inputs, which crosskd needs) are
-    distilled; AUTO_LOSSES['dfl'] (cwd+kl) otherwise. student: the student's .pt or .yaml (args.model)."""
-    default_layers = settings.student_layers is None and all(settings.layers_of(i) is None for i in range(len(teachers)))
-    if (task == "detect" and default_layers and all(int(t.model[-1].reg_max) == 1 for t in teachers)
-            and student_reg_max(student) == 1):  # the student's file is read last, only where it decides
-        LOGGER.info(f"Distillation: loss_type 'auto' is '{AUTO_LOSSES['dfl_free']}' for this pair (DFL-free heads).")
-        return AUTO_LOSSES["dfl_free"]
-    return AUTO_LOSSES["dfl"]
+    """loss_type 'auto' for this pair, logged with its reason: AUTO_LOSSES['dfl_free'] (crosskd) when a detection
+    student and every teacher have DFL-free heads (reg_max 1, YOLO26) and the default layers (the Detect inputs,
+    which crosskd needs) are distilled; AUTO_LOSSES['dfl'] (cwd+kl) otherwise. student: args.model (.pt / .yaml)."""
+    kind, why = "dfl", "DFL heads"
+    if task != "detect":
+        why = f"a {task} student"
+    elif settings.student_layers is not None or any(settings.layers_of(i) is not None for i in range(len(teachers))):
+        why = "explicit layers"
+    elif any(int(t.model[-1].reg_max) != 1 for t in teachers):
+        why = "a teacher with a DFL head"
+    elif student_reg_max(student) != 1:  # the student's file is read last, only where it decides
+        why = "a student with a DFL head"
+    else:
+        kind, why = "dfl_free", "DFL-free heads on both sides, as YOLO26's"
+    LOGGER.info(f"Distillation: loss_type 'auto' is '{AUTO_LOSSES[kind]}' here ({why}).")
+    return AUTO_LOSSES[kind]
 
 
 def student_reg_max(source: Any) -> int | None:
-    """reg_max of the head the student `source` (.pt or model .yaml path) has, without building it from a YAML;
-    None where there is no path to read (Ultralytics reports a missing model itself)."""
-    if not isinstance(source, (str, Path)) or not str(source):
+    """reg_max of the head the student `source` (args.model: a .pt or model .yaml path, or a stem like 'yolo26n')
+    has, without building it from a YAML; None where there is no local file to read (e.g. a 'ul://' model)."""
+    if not isinstance(source, (str, Path)) or not str(source) or "://" in str(source):
         return None
-    if Path(str(source)).suffix in {".yaml", ".yml"}:
-        return int(yaml_model_load(str(source)).get("reg_max", 16))  # parse_model's default for YAMLs without it
-    head = read_checkpoint(source, "student").model[-1]
+    path = check_model_file_from_stem(str(source))  # Ultralytics' own reading: 'yolo26n' -> 'yolo26n.pt'
+    if Path(path).suffix in {".yaml", ".yml"}:
+        return int(yaml_model_load(path).get("reg_max", 16))  # parse_model's default for YAMLs without it
+    if Path(path).suffix != ".pt":
+        return None
+    head = read_checkpoint(path, "student").model[-1]
     return int(head.reg_max) if isinstance(head, Detect) else None
 
 

@@ -297,9 +297,9 @@ def test_cli_yolo26_teacher_distils_the_branches_both_heads_have(student, branch
 
 
 def test_the_default_loss_follows_the_heads(data_yaml, teacher_pt, project):
-    """No --loss: a YOLO26 pair (both heads DFL-free) trains with crosskd, recorded in args.yaml and in the args that
-    checkpoints carry to resume and DDP workers. A student .pt is read for its head. A DFL head on either side, another
-    task or explicit layers keep cwd+kl."""
+    """No --loss: a YOLO26 pair (both heads DFL-free) trains with crosskd, recorded in args.yaml and in the checkpoint's
+    train_args (what resume rebuilds its args from). A student .pt is read for its head. A DFL head on either side,
+    another task or explicit layers (student or teacher) keep cwd+kl."""
     from ultralytics.cfg import get_cfg
     from ultralytics.nn.tasks import DetectionModel
 
@@ -325,7 +325,8 @@ def test_the_default_loss_follows_the_heads(data_yaml, teacher_pt, project):
     assert auto_loss(last, [t26], "detect", settings) == auto_loss("yolo26n.yaml", [t26, t26], "detect", settings) == "crosskd"
     assert {auto_loss("yolo26n.yaml", [t8], "detect", settings), auto_loss("yolov8n.yaml", [t26], "detect", settings),
             auto_loss("yolo26n.yaml", [t26, t8], "detect", settings), auto_loss(last, [t26], "segment", settings),
-            auto_loss(last, [t26], "detect", DistillSettings.from_args({"distill_layers": "16,19,22"}))} == {"cwd+kl"}
+            auto_loss(last, [t26], "detect", DistillSettings.from_args({"distill_layers": "16,19,22"})),
+            auto_loss(last, [t26], "detect", DistillSettings.from_args({"distill_teacher_layers": "16,19,22"}))} == {"cwd+kl"}
 
 
 def test_the_demo_at_its_own_schedule_ends_with_what_it_cannot_show(project, monkeypatch, capsys):
