@@ -63,9 +63,11 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
 # benchmarks/results/gain_bccd-long-cpu.md (6 seeds, each loss at its own weights: cwd+kl +0.024 mAP50-95 over the
 # baseline, +0.011 over kl alone, t 3.8; cwd alone +0.020, not distinguishable); on the synthetic task's short schedule
 # kl alone led and cwd alone gained nothing, so the combination is the one positive on both. Its weight: TUNED_WEIGHTS.
-# "dfl_free" (YOLO26 student and teachers, detection, the default layers): yolo26s -> yolo26n on BCCD at 200 epochs,
-# benchmarks/results/gain_bccd-long200-yolo26.md: crosskd chosen over cwd+kl at weight 4 on seeds 0-4 and confirmed
-# on fresh seeds (see that file); at 100 epochs the two were even.
+# "dfl_free" (YOLO26 student and teachers, detection, the default layers): yolo26s -> yolo26n on BCCD at yolo26n's
+# converged 200 epochs. crosskd chosen on seeds 0-4 (benchmarks/results/gain_bccd-long200-yolo26.md: +0.0253 over the
+# baseline, 55 % of the gap; +0.0113 +- 0.0037 over cwd+kl at weight 4) and confirmed on fresh seeds 5-9 (slices in
+# gain_bccd-long200-yolo26-fresh_slices/): +0.0116 +- 0.0026 over cwd+kl at weight 4, t 4.4, 5/5. Measured at weight 1
+# with one teacher; at 100 epochs the two were even.
 AUTO_LOSSES = {"dfl": "cwd+kl", "dfl_free": "crosskd"}
 
 
