@@ -66,8 +66,8 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
 # "dfl_free" (YOLO26 student and teachers, detection, the default layers): yolo26s -> yolo26n on BCCD at yolo26n's
 # converged 200 epochs. crosskd chosen on seeds 0-4 (benchmarks/results/gain_bccd-long200-yolo26.md: +0.0253 over the
 # baseline, 55 % of the gap; +0.0113 +- 0.0037 over cwd+kl at weight 4) and confirmed on fresh seeds 5-9 (slices in
-# gain_bccd-long200-yolo26-fresh_slices/): +0.0116 +- 0.0026 over cwd+kl at weight 4, t 4.4, 5/5. Measured at weight 1
-# with one teacher; at 100 epochs the two were even.
+# gain_bccd-long200-yolo26-fresh.md): +0.0116 +- 0.0026 over cwd+kl at weight 4, t 4.4, 5/5; over the baseline
+# +0.0142 +- 0.0048 there (38 % of the gap). Measured at weight 1 with one teacher; at 100 epochs the two were even.
 AUTO_LOSSES = {"dfl": "cwd+kl", "dfl_free": "crosskd"}
 
 
