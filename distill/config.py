@@ -72,9 +72,9 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
 AUTO_LOSSES = {"dfl": "cwd+kl", "dfl_free": "crosskd"}
 
 
-def is_auto(spec: Any) -> bool:
-    """Whether loss_type `spec` asks for the pair's default loss (unset, '' or 'auto')."""
-    return spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "auto"))
+def is_auto(value: Any) -> bool:
+    """Whether a setting with an 'auto' value (loss_type, distill_weight) asks for it: unset, '' or 'auto'."""
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto"))
 
 
 for _key, (_default, _help) in CORE_KEYS.items():
@@ -280,7 +280,7 @@ TUNED_WEIGHTS: dict[frozenset[str], float] = {frozenset({"cwd", "kl"}): 4.0}
 def resolve_weight(value: Any, losses: list[str], balance: float = 0.0) -> float:
     """distill_weight as a number: 'auto' (or None) -> TUNED_WEIGHTS for `losses` (1 if untuned, or under
     distill_balance, whose shares of the detection loss are the weights then); a number is checked, >= 0."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto")):
+    if is_auto(value):
         return 1.0 if balance else TUNED_WEIGHTS.get(frozenset(losses), 1.0)
     try:
         weight = _number(value, "distill_weight", 1.0)
