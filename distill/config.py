@@ -67,8 +67,9 @@ CORE_KEYS: dict[str, tuple[Any, str]] = {
 # converged 200 epochs. crosskd chosen on seeds 0-4 (benchmarks/results/gain_bccd-long200-yolo26.md: +0.0253 over the
 # baseline, 55 % of the gap; +0.0113 +- 0.0037 over cwd+kl at weight 4) and confirmed on fresh seeds 5-9
 # (gain_bccd-long200-yolo26-fresh.md): +0.0116 +- 0.0026 over cwd+kl at weight 4, t 4.4, 5/5; over the baseline
-# +0.0142 +- 0.0048 there (38 % of the gap). Measured at weight 1 with one teacher; at 100 epochs crosskd was even
-# with cwd+kl at weight 1 (gain_bccd-long-yolo26.md).
+# +0.0142 +- 0.0048 there (38 % of the gap). Measured at weight 1 with one teacher: weight 4 led it on seeds 0-4 and
+# fell behind it on fresh seeds 10-11 (gain_bccd-long200-yolo26-crosskd-weight*), so it has no tuned weight. At 100
+# epochs crosskd was even with cwd+kl at weight 1 (gain_bccd-long-yolo26.md).
 AUTO_LOSSES = {"dfl": "cwd+kl", "dfl_free": "crosskd"}
 
 
