@@ -105,6 +105,20 @@ def machine() -> str:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_name()
 
 
+def cpu_capability() -> str:
+    """The vector instructions torch's CPU kernels use here ('AVX2', 'AVX512', ...). Two CPUs that report the same
+    model name can differ in it, and then one seed trains to other weights on each (seen: "AMD EPYC, 2 cores" with
+    AVX2 and with AVX-512), so runs pair only within one (gain_merge.py)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def machine_label(meta: dict) -> str:
+    """A result's machine as its Markdown states it: 'AMD EPYC, 2 cores (AVX2)', or the bare name where the
+    instruction set was not recorded."""
+    isa = meta.get("cpu_capability")
+    return f"{meta.get('machine', '?')}" + (f" ({isa})" if isa else "")
+
+
 # What decides a result: the package, the benchmark scripts, the presets and the pins. Results, docs and
 # tests do not, so committing results or editing the README leaves the version as it is.
 CODE_FILES = ("distill/**/*.py", "benchmarks/*.py", "configs/*.yaml", "pyproject.toml")

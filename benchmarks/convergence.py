@@ -27,7 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from gain import differences, sample_sd, train_once, validate  # noqa: I001  (gain sets sys.path and offline defaults)
-from common import Method, code_version, command_line, finite, git_commit, machine, output_file
+from common import (Method, code_version, command_line, cpu_capability, finite, git_commit, machine, machine_label,
+                    output_file)
 from recipes import STUDENT, TASKS, select_task
 
 from distill.checkpoints import read_checkpoint
@@ -59,7 +60,8 @@ def budget_steps(epochs: list[int], runs: dict[int, list[dict]]) -> list[dict]:
     return out
 
 
-SAME_RUN = ("task", "model", "model_weights", "teacher_cache", "n_train", "n_val", "imgsz", "recipe", "code_version", "ultralytics", "torch")
+SAME_RUN = ("task", "model", "model_weights", "teacher_cache", "n_train", "n_val", "imgsz", "recipe", "code_version", "ultralytics", "torch",
+            "cpu_capability")  # a seed trains to other weights on another kind of CPU
 
 
 def pool(results: list[dict], sources: list[str]) -> dict:
@@ -92,7 +94,7 @@ def write_outputs(result: dict, out: Path) -> None:
     meta = result["meta"]
     md = [f"# Convergence of {meta['model']} ({meta['task']} task)", "",
           f"{meta['n_train']} train / {meta['n_val']} val images, imgsz {meta['imgsz']}, recipe {meta['recipe']}; "
-          f"seeds {meta['seed_list']}; machine {meta['machine']}, code {meta['code_version']}. "
+          f"seeds {meta['seed_list']}; machine {machine_label(meta)}, code {meta['code_version']}. "
           f"Command: `{meta['command']}`.", "",
           "| epochs | mAP50-95 (mean ± sd) | wall s (mean) |", "|---|---|---|"]
     for e, rows in result["runs"].items():
@@ -229,7 +231,7 @@ def main(argv: list[str] | None = None) -> dict:
     meta = {"task": task.name, "model": a.model, "model_weights": weights, "teacher_cache": a.teacher, "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],
             "recipe": {k: v for k, v in (task.teacher_train_args() if a.teacher else task.recipe).items()
                        if k not in {"imgsz", "seed"}}, "seed_list": [],
-            "machine": machine(), "code_version": code_version(), "commit": git_commit(),
+            "machine": machine(), "cpu_capability": cpu_capability(), "code_version": code_version(), "commit": git_commit(),
             "ultralytics": ultralytics.__version__, "torch": torch.__version__,
             "command": command_line("convergence.py", argv)}
     runs: dict[int, list[dict]] = {e: [] for e in epochs}

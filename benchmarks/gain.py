@@ -26,7 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import Method, code_version, command_line, finite, git_commit, machine, output_file, parse_methods  # noqa: I001  (sets sys.path, offline defaults)
+from common import (Method, code_version, command_line, cpu_capability, finite, git_commit, machine,  # noqa: I001
+                    machine_label, output_file, parse_methods)  # (sets sys.path, offline defaults)
 from recipes import STUDENT, TASKS, YOLO_TASKS, checkpoint_task, select_task, task_model
 
 import torch
@@ -211,7 +212,7 @@ def write_outputs(result: dict, out: Path) -> None:
     md = [f"# Distillation gain ({meta['task']} task)", "",
           f"Student {meta['student']}, {describe_teachers(meta)}; "
           f"{meta['n_train']} train / {meta['n_val']} val images, imgsz {meta['imgsz']}, {meta['epochs']} epochs, "
-          f"seeds {seed_label(meta['seed_list'])}, device {meta['device']}, machine {meta.get('machine', '?')}, "
+          f"seeds {seed_label(meta['seed_list'])}, device {meta['device']}, machine {machine_label(meta)}, "
           f"code version {meta.get('code_version', 'unrecorded')}. Command: `{meta['command']}`.", "",
           *[f"- from `{source}`" for source in meta.get("sources", [])], *([""] if meta.get("sources") else []),
           *([meta["note"], ""] if meta.get("note") else []),
@@ -421,6 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
             "teacher_fingerprints": [fingerprint(load_teacher(t)) for t in teachers],
             "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"], "epochs": task.student_epochs,
             "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "seed_list": [], "device": a.device or "auto", "machine": machine(),
+            "cpu_capability": cpu_capability(),
             "code_version": code_version(), "commit": git_commit(),  # before training: what ran
             "ultralytics": ultralytics.__version__, "torch": torch.__version__,
             "command": command_line("gain.py", argv),

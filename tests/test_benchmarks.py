@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import ROOT
 
@@ -201,6 +202,13 @@ def test_convergence_quick_in_seed_slices_pooled(tmp_path):
     done = _run("convergence.py", "--merge", str(a.with_suffix(".json")), str(tmp_path / "clash.json"),
                 "--out", str(tmp_path / "x"), rc=1)
     assert "seed 0" in done.stderr and not (tmp_path / "x.json").exists()
+    elsewhere = json.loads(b.with_suffix(".json").read_text())
+    assert elsewhere["meta"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    elsewhere["meta"]["cpu_capability"] = "AVX512" if elsewhere["meta"]["cpu_capability"] != "AVX512" else "AVX2"
+    (tmp_path / "elsewhere.json").write_text(json.dumps(elsewhere))
+    done = _run("convergence.py", "--merge", str(a.with_suffix(".json")), str(tmp_path / "elsewhere.json"),
+                "--out", str(tmp_path / "x"), rc=1)
+    assert "cpu_capability" in done.stderr and not (tmp_path / "x.json").exists()
 
 
 def test_convergence_of_the_teacher_fills_the_teacher_cache(tmp_path):
@@ -343,6 +351,8 @@ def test_gain_quick(tmp_path):
     assert meta["seed_list"] == [0, 1] and meta["note"] == "smoke" and meta["versus"] == "kl"
     assert re.fullmatch(r"code-[0-9a-f]{12}", meta["code_version"]), meta["code_version"]
     assert meta["ultralytics"] and meta["torch"] and meta["machine"]
+    isa = torch.backends.cpu.get_cpu_capability()
+    assert meta["cpu_capability"] == isa and f"machine {meta['machine']} ({isa})," in out.with_suffix(".md").read_text()
     assert list(result["methods"]) == METHODS.split(";")
     base = {r["seed"]: r["map50_95"] for r in result["methods"]["baseline"]["runs"]}
     for spec, summary in result["methods"].items():
@@ -626,6 +636,50 @@ def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
     assert "teacher_fingerprints" not in json.loads(out.with_suffix(".json").read_text())["meta"]
     _run("gain_merge.py", str(paths["taught"]), str(paths["taught_more"]), "--out", str(out))
     assert json.loads(out.with_suffix(".json").read_text())["meta"]["teacher_fingerprints"] == ["1" * 16]
+
+
+def test_gain_merge_pairs_runs_of_one_kind_of_machine_only(tmp_path):
+    """A seed trains to other weights on a CPU with other vector instructions (the same "AMD EPYC, 2 cores" gave
+    other baselines with AVX2 than with AVX-512), so a --no-baseline slice from there must not pair with these
+    baselines: refused, whether the instruction set or the machine differs; a file that does not record it pools
+    with recorded ones only on request, and the pool then claims none. Older files, which record neither, pool as
+    before."""
+    def on(isa: str | None, machine: str, runs: dict) -> dict:
+        res = _result({"baseline": {0: 0.0, 1: 0.0}, **runs})
+        if "baseline" not in runs:  # a --no-baseline slice
+            del res["methods"]["baseline"]
+        res["meta"]["machine"] = machine
+        if isa:
+            res["meta"]["cpu_capability"] = isa
+        return res
+
+    files = {"base": on("AVX2", "AMD EPYC, 2 cores", {"baseline": {0: 0.50, 1: 0.52}}),
+             "kl": on("AVX2", "AMD EPYC, 2 cores", {"kl": {0: 0.53, 1: 0.54}}),
+             "kl_avx512": on("AVX512", "AMD EPYC, 2 cores", {"kl": {0: 0.53, 1: 0.54}}),
+             "kl_intel": on("AVX2", "Intel Xeon, 2 cores", {"kl": {0: 0.53, 1: 0.54}}),
+             "kl_old": on(None, "AMD EPYC, 2 cores", {"kl": {0: 0.53, 1: 0.54}}),
+             "base_old": on(None, "x86_64, 1 threads", {"baseline": {0: 0.50, 1: 0.52}})}
+    for name, res in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(res))
+    out = tmp_path / "pool"
+
+    def merged(*names: str, rc: int = 0, flag: tuple[str, ...] = ()):
+        return _run("gain_merge.py", *[str(tmp_path / f"{n}.json") for n in names], "--out", str(out), *flag, rc=rc)
+
+    merged("base", "kl")
+    pool = json.loads(out.with_suffix(".json").read_text())
+    assert pool["meta"]["cpu_capability"] == "AVX2" and pool["methods"]["kl"]["gain"] == pytest.approx(0.025)
+    assert "machine AMD EPYC, 2 cores (AVX2)," in out.with_suffix(".md").read_text()
+    out.with_suffix(".json").unlink()
+    for other in ("kl_avx512", "kl_intel"):
+        done = merged("base", other, rc=1)
+        assert "ran on another machine" in done.stderr and not out.with_suffix(".json").exists()
+    assert "AMD EPYC, 2 cores (AVX512) vs AMD EPYC, 2 cores (AVX2)" in merged("base", "kl_avx512", rc=1).stderr
+    assert "does not record its CPU's instruction set" in merged("base", "kl_old", rc=1).stderr
+    merged("base", "kl_old", flag=("--allow-unrecorded",))
+    assert "cpu_capability" not in json.loads(out.with_suffix(".json").read_text())["meta"]
+    merged("base_old", "kl_old")  # neither records it: the machine names never decided a pool before
+    assert json.loads(out.with_suffix(".json").read_text())["methods"]["kl"]["paired_n"] == 2
 
 
 def test_gain_for_a_segment_student(tmp_path):
