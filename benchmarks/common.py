@@ -98,25 +98,42 @@ def output_file(out: str | Path, ext: str) -> Path:
     return out.with_name(out.name + ext)
 
 
-def machine() -> str:
-    """CPU model and core count, or the GPU's name: absolute times and even mAP depend on it."""
+def machine(device: str | None = None) -> str:
+    """CPU model and core count, or the GPU's name where `device` trains on a GPU: absolute times and even mAP
+    depend on it."""
     from distill.deploy.report import cpu_name
 
-    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else cpu_name()
+    return cpu_name() if on_cpu(device) else torch.cuda.get_device_name(0)
 
 
-def cpu_capability() -> str:
-    """The vector instructions torch's CPU kernels use here ('AVX2', 'AVX512', ...). Two CPUs that report the same
-    model name can differ in it, and then one seed trains to other weights on each (seen: "AMD EPYC, 2 cores" with
-    AVX2 and with AVX-512), so runs pair only within one (gain_merge.py)."""
-    return torch.backends.cpu.get_cpu_capability()
+def on_cpu(device: str | None) -> bool:
+    """Whether Ultralytics trains on the CPU for this `device` argument (None or '': a GPU where there is one)."""
+    return str(device or "").strip().lower() == "cpu" or not torch.cuda.is_available()
+
+
+def machine_record(device: str | None) -> dict:
+    """A result's machine: {'machine': machine(device)} plus, for CPU runs, 'cpu_capability', the vector
+    instructions torch's own CPU kernels use ('AVX2', 'AVX512', ...). Two CPUs of one model name can differ in it,
+    and then one seed trains to other weights on each (seen: "AMD EPYC, 2 cores" with AVX2 and, by its speed,
+    AVX-512), so runs pair only within one (gain_merge.py). Equal is not proof of equal numerics (oneDNN picks
+    its own kernels): a seed rerun on both stays the check."""
+    return {"machine": machine(device), **({"cpu_capability": torch.backends.cpu.get_cpu_capability()}
+                                           if on_cpu(device) else {})}
+
+
+def other_machine(meta: dict, other: dict) -> bool:
+    """Whether two results ran on other kinds of CPU (model or instruction set), so that one seed's runs in them do
+    not pair. Compared only where both record the instruction set: older results named just the CPU model, which
+    hid the difference, and ran other code, which the code-version checks refuse to mix with newer ones."""
+    return bool(meta.get("cpu_capability") and other.get("cpu_capability")) and any(
+        meta.get(k) != other.get(k) for k in ("machine", "cpu_capability"))
 
 
 def machine_label(meta: dict) -> str:
     """A result's machine as its Markdown states it: 'AMD EPYC, 2 cores (AVX2)', or the bare name where the
-    instruction set was not recorded."""
+    instruction set was not recorded (GPU runs, older results)."""
     isa = meta.get("cpu_capability")
-    return f"{meta.get('machine', '?')}" + (f" ({isa})" if isa else "")
+    return meta.get("machine", "?") + (f" ({isa})" if isa else "")
 
 
 # What decides a result: the package, the benchmark scripts, the presets and the pins. Results, docs and

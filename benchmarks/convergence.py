@@ -27,8 +27,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from gain import differences, sample_sd, train_once, validate  # noqa: I001  (gain sets sys.path and offline defaults)
-from common import (Method, code_version, command_line, cpu_capability, finite, git_commit, machine, machine_label,
-                    output_file)
+from common import (Method, code_version, command_line, finite, git_commit, machine_label, machine_record,
+                    other_machine, output_file)
 from recipes import STUDENT, TASKS, select_task
 
 from distill.checkpoints import read_checkpoint
@@ -60,8 +60,7 @@ def budget_steps(epochs: list[int], runs: dict[int, list[dict]]) -> list[dict]:
     return out
 
 
-SAME_RUN = ("task", "model", "model_weights", "teacher_cache", "n_train", "n_val", "imgsz", "recipe", "code_version", "ultralytics", "torch",
-            "cpu_capability")  # a seed trains to other weights on another kind of CPU
+SAME_RUN = ("task", "model", "model_weights", "teacher_cache", "n_train", "n_val", "imgsz", "recipe", "code_version", "ultralytics", "torch")
 
 
 def pool(results: list[dict], sources: list[str]) -> dict:
@@ -73,6 +72,9 @@ def pool(results: list[dict], sources: list[str]) -> dict:
         differ = [k for k in SAME_RUN if result["meta"].get(k) != first.get(k)]
         if differ:
             raise SystemExit(f"{source} is not the same run as {sources[0]} ({', '.join(differ)} differ).")
+        if other_machine(result["meta"], first):  # a seed trains to other weights there
+            raise SystemExit(f"{source} ran on another machine than {sources[0]} ({machine_label(result['meta'])} vs "
+                             f"{machine_label(first)}).")
         for e, rows in result["runs"].items():
             for row in rows:
                 known = runs.setdefault(int(e), {}).setdefault(row["seed"], row)
@@ -231,7 +233,7 @@ def main(argv: list[str] | None = None) -> dict:
     meta = {"task": task.name, "model": a.model, "model_weights": weights, "teacher_cache": a.teacher, "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"],
             "recipe": {k: v for k, v in (task.teacher_train_args() if a.teacher else task.recipe).items()
                        if k not in {"imgsz", "seed"}}, "seed_list": [],
-            "machine": machine(), "cpu_capability": cpu_capability(), "code_version": code_version(), "commit": git_commit(),
+            **machine_record(a.device), "code_version": code_version(), "commit": git_commit(),
             "ultralytics": ultralytics.__version__, "torch": torch.__version__,
             "command": command_line("convergence.py", argv)}
     runs: dict[int, list[dict]] = {e: [] for e in epochs}

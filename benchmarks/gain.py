@@ -26,8 +26,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import (Method, code_version, command_line, cpu_capability, finite, git_commit, machine,  # noqa: I001
-                    machine_label, output_file, parse_methods)  # (sets sys.path, offline defaults)
+# common before the rest: it sets sys.path and the offline defaults
+from common import (Method, code_version, command_line, finite, git_commit, machine_label,  # noqa: I001
+                    machine_record, output_file, parse_methods)
 from recipes import STUDENT, TASKS, YOLO_TASKS, checkpoint_task, select_task, task_model
 
 import torch
@@ -421,8 +422,8 @@ def main(argv: list[str] | None = None) -> dict:
             # which weights taught, whatever the path: slices pool only when these match (gain_merge.py)
             "teacher_fingerprints": [fingerprint(load_teacher(t)) for t in teachers],
             "n_train": n_train, "n_val": n_val, "imgsz": task.recipe["imgsz"], "epochs": task.student_epochs,
-            "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "seed_list": [], "device": a.device or "auto", "machine": machine(),
-            "cpu_capability": cpu_capability(),
+            "recipe": {k: v for k, v in task.recipe.items() if k not in {"imgsz", "seed"}}, "seed_list": [],
+            "device": a.device or "auto", **machine_record(a.device),
             "code_version": code_version(), "commit": git_commit(),  # before training: what ran
             "ultralytics": ultralytics.__version__, "torch": torch.__version__,
             "command": command_line("gain.py", argv),

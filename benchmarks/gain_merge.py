@@ -3,9 +3,9 @@
 extra seeds (`--first-seed` slices) alike, then recompute every statistic over the pooled seeds.
 
 The runs must be the same task, the same teacher and the same code: equal task fields, equal teacher
-weights (their fingerprints), an equal recorded code version (commit, Ultralytics, torch) and one kind of
-machine (the CPU model and its instruction set, or the GPU: a seed trains to other weights on another); files
-written before these were recorded pool with each other, and with newer ones only under
+weights (their fingerprints), an equal recorded code version (commit, Ultralytics, torch) and, for CPU runs,
+one kind of CPU (its model and the instruction set torch uses: a seed trains to other weights on another); files
+written before code versions or fingerprints were recorded pool with each other, and with newer ones only under
 --allow-unrecorded. A slice run with --no-baseline pools with the baselines of another file. Training is
 deterministic per seed, so a seed that two files both ran must give the same mAP in both; the merge refuses otherwise. A single file is re-summarised.
 
@@ -21,12 +21,10 @@ import math
 from pathlib import Path
 
 from gain import summarise_all, versus_problem, write_outputs  # noqa: I001  (gain sets sys.path and offline defaults through common)
-from common import command_line, machine_label, output_file
+from common import command_line, machine_label, other_machine, output_file
 
 SAME_TASK = ("task", "student", "teacher_map50_95", "n_train", "n_val", "imgsz", "epochs")
 SAME_CODE = ("code_version", "ultralytics", "torch")
-# One seed trains to other weights on another CPU (or GPU), so a method's runs pair with baselines of one machine only.
-SAME_MACHINE = ("machine", "cpu_capability")
 UNRECORDED = "unrecorded"
 
 
@@ -44,19 +42,15 @@ def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = Fals
     if taught and untaught and not allow_unrecorded:
         raise SystemExit(f"{untaught[0]} does not record its teacher's weights, {taught[0][1]} does: they cannot be shown "
                          "to share a teacher. Re-run it, or pass --allow-unrecorded to pool it anyway.")
-    isa_unrecorded = [s for r, s in zip(results, sources) if not r["meta"].get("cpu_capability")]
-    if 0 < len(isa_unrecorded) < len(results) and not allow_unrecorded:
-        raise SystemExit(f"{isa_unrecorded[0]} does not record its CPU's instruction set (cpu_capability), the others do: "
-                         "they cannot be shown to have run on one kind of machine. Re-run it, or pass "
-                         "--allow-unrecorded to pool it anyway.")
+    # a method's runs pair only with baselines trained on one kind of CPU (GPU runs: the teacher fingerprints tell)
+    on_cpus = [(r["meta"], s) for r, s in zip(results, sources) if r["meta"].get("cpu_capability")]
+    for meta, source in on_cpus:
+        if other_machine(meta, on_cpus[0][0]):
+            raise SystemExit(f"{source} ran on another machine than {on_cpus[0][1]} ({machine_label(meta)} vs "
+                             f"{machine_label(on_cpus[0][0])}): one seed trains to other weights there, so its runs "
+                             "do not pair with these. Run a pool's slices on one kind of machine.")
     for result, source in zip(results, sources):
         meta = result["meta"]
-        # results from before cpu_capability was recorded named only the CPU model, which hid the difference
-        recorded = meta.get("cpu_capability") and first.get("cpu_capability")
-        if recorded and any(meta.get(k) != first.get(k) for k in SAME_MACHINE):
-            raise SystemExit(f"{source} ran on another machine than {sources[0]} ({machine_label(meta)} vs "
-                             f"{machine_label(first)}): one seed trains to other weights there, so its runs do not "
-                             "pair with these. Run a pool's slices on one kind of machine.")
         missing = [k for k in SAME_CODE if meta.get(k) is None]
         if missing and not allow_unrecorded:
             raise SystemExit(f"{source} does not record its {', '.join(missing)}: it cannot be shown to be the same "
@@ -115,7 +109,7 @@ def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = Fals
         meta["teacher_fingerprints"] = taught[0][0]
     for key in SAME_CODE:
         meta.setdefault(key, UNRECORDED)
-    if isa_unrecorded:  # only what every file shows
+    if len(on_cpus) < len(results):  # only what every file shows
         meta.pop("cpu_capability", None)
     return {"meta": meta, "methods": summarise_all(lists, first["teacher_map50_95"], versus)}
 
@@ -125,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("results", nargs="+", help="gain.py JSON files of the same task")
     p.add_argument("--out", required=True, help="output prefix: writes .json, .md, .png")
     p.add_argument("--allow-unrecorded", action="store_true",
-                   help="pool files written before gain.py recorded its code version (marked 'unrecorded')")
+                   help="pool files written before gain.py recorded its code version or teacher fingerprints (marked "
+                   "'unrecorded')")
     p.add_argument("--versus", default=None, metavar="SPEC", type=str.strip,
                    help="also pair every other method against this one, seed for seed (e.g. kl; default: the one the "
                         "results were run with, if they agree)")

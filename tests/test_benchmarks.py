@@ -208,7 +208,9 @@ def test_convergence_quick_in_seed_slices_pooled(tmp_path):
     (tmp_path / "elsewhere.json").write_text(json.dumps(elsewhere))
     done = _run("convergence.py", "--merge", str(a.with_suffix(".json")), str(tmp_path / "elsewhere.json"),
                 "--out", str(tmp_path / "x"), rc=1)
-    assert "cpu_capability" in done.stderr and not (tmp_path / "x.json").exists()
+    assert "ran on another machine" in done.stderr and not (tmp_path / "x.json").exists()
+    assert f"machine {elsewhere['meta']['machine']} ({torch.backends.cpu.get_cpu_capability()})," in \
+        out.with_suffix(".md").read_text()
 
 
 def test_convergence_of_the_teacher_fills_the_teacher_cache(tmp_path):
@@ -640,12 +642,12 @@ def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
 
 def test_gain_merge_pairs_runs_of_one_kind_of_machine_only(tmp_path):
     """A seed trains to other weights on a CPU with other vector instructions (the same "AMD EPYC, 2 cores" gave
-    other baselines with AVX2 than with AVX-512), so a --no-baseline slice from there must not pair with these
-    baselines: refused, whether the instruction set or the machine differs; a file that does not record it pools
-    with recorded ones only on request, and the pool then claims none. Older files, which record neither, pool as
-    before."""
-    def on(isa: str | None, machine: str, runs: dict) -> dict:
-        res = _result({"baseline": {0: 0.0, 1: 0.0}, **runs})
+    other teachers and baselines with AVX2), so a --no-baseline slice from there must not pair with these
+    baselines: refused, whether the instruction set or the CPU model differs, and whichever file comes first; files
+    that do not record it (GPU runs, older results) are not compared, and the pool claims an instruction set only
+    where every file records it."""
+    def on(isa: str | None, machine: str, runs: dict, version: str = "a" * 40) -> dict:
+        res = _result({"baseline": {0: 0.0, 1: 0.0}, **runs}, version=version)
         if "baseline" not in runs:  # a --no-baseline slice
             del res["methods"]["baseline"]
         res["meta"]["machine"] = machine
@@ -657,8 +659,9 @@ def test_gain_merge_pairs_runs_of_one_kind_of_machine_only(tmp_path):
              "kl": on("AVX2", "AMD EPYC, 2 cores", {"kl": {0: 0.53, 1: 0.54}}),
              "kl_avx512": on("AVX512", "AMD EPYC, 2 cores", {"kl": {0: 0.53, 1: 0.54}}),
              "kl_intel": on("AVX2", "Intel Xeon, 2 cores", {"kl": {0: 0.53, 1: 0.54}}),
-             "kl_old": on(None, "AMD EPYC, 2 cores", {"kl": {0: 0.53, 1: 0.54}}),
-             "base_old": on(None, "x86_64, 1 threads", {"baseline": {0: 0.50, 1: 0.52}})}
+             "kl_gpu": on(None, "NVIDIA H200", {"kl": {0: 0.53, 1: 0.54}}),
+             "kl_old": on(None, "AMD EPYC, 2 cores", {"kl": {0: 0.53, 1: 0.54}}, version="b" * 40),
+             "base_old": on(None, "x86_64, 1 threads", {"baseline": {0: 0.50, 1: 0.52}}, version="b" * 40)}
     for name, res in files.items():
         (tmp_path / f"{name}.json").write_text(json.dumps(res))
     out = tmp_path / "pool"
@@ -671,13 +674,15 @@ def test_gain_merge_pairs_runs_of_one_kind_of_machine_only(tmp_path):
     assert pool["meta"]["cpu_capability"] == "AVX2" and pool["methods"]["kl"]["gain"] == pytest.approx(0.025)
     assert "machine AMD EPYC, 2 cores (AVX2)," in out.with_suffix(".md").read_text()
     out.with_suffix(".json").unlink()
-    for other in ("kl_avx512", "kl_intel"):
-        done = merged("base", other, rc=1)
-        assert "ran on another machine" in done.stderr and not out.with_suffix(".json").exists()
-    assert "AMD EPYC, 2 cores (AVX512) vs AMD EPYC, 2 cores (AVX2)" in merged("base", "kl_avx512", rc=1).stderr
-    assert "does not record its CPU's instruction set" in merged("base", "kl_old", rc=1).stderr
-    merged("base", "kl_old", flag=("--allow-unrecorded",))
+    done = merged("base", "kl_avx512", rc=1)
+    assert "ran on another machine" in done.stderr and "AMD EPYC, 2 cores (AVX512) vs AMD EPYC, 2 cores (AVX2)" in done.stderr
+    assert "(Intel Xeon, 2 cores (AVX2) vs AMD EPYC" in merged("base", "kl_intel", rc=1).stderr
+    assert "kl_avx512.json ran on another machine" in merged("kl_gpu", "base", "kl_avx512", rc=1).stderr
+    assert not out.with_suffix(".json").exists()
+    merged("kl_gpu", "base")  # not recorded for a GPU run: the pool does not claim one
     assert "cpu_capability" not in json.loads(out.with_suffix(".json").read_text())["meta"]
+    # an older file ran other code, refused as before, even on request
+    assert "ran other code" in merged("base", "kl_old", rc=1, flag=("--allow-unrecorded",)).stderr
     merged("base_old", "kl_old")  # neither records it: the machine names never decided a pool before
     assert json.loads(out.with_suffix(".json").read_text())["methods"]["kl"]["paired_n"] == 2
 
