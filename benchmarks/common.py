@@ -85,6 +85,29 @@ def parse_methods(text: str, baseline: bool = True) -> list[Method]:
 OUTPUT_SUFFIXES = (".json", ".md", ".png")
 
 
+def train_overrides(pairs: list[str], own: dict[str, str]) -> dict[str, Any]:
+    """--set ['mosaic=1.0', 'lr0=0.01'] -> {'mosaic': 1.0, 'lr0': 0.01}: Ultralytics train arguments replacing a
+    recipe's. ValueError on an item without '=', on a key that is no Ultralytics train argument (a typo, or a
+    distillation setting: those belong to a method's spec) and on one of `own` ({key: the script's option that sets
+    it})."""
+    from ultralytics.cfg import smart_value
+    from ultralytics.utils import DEFAULT_CFG_PATH, YAML
+
+    known = YAML.load(DEFAULT_CFG_PATH)  # Ultralytics' own arguments, before distill registered any of ours
+    out = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key:
+            raise ValueError(f"--set {pair!r}: write train arguments as key=value, e.g. mosaic=1.0.")
+        if key in own:
+            raise ValueError(f"--set {key}: use {own[key]} instead.")
+        if key not in known:
+            raise ValueError(f"--set {key}: not an Ultralytics train argument (distillation settings go in a "
+                             "method's spec, e.g. --methods 'cwd+kl:distill_weight=4').")
+        out[key] = smart_value(value)
+    return out
+
+
 def output_file(out: str | Path, ext: str) -> Path:
     """The file that the output prefix `out` names with extension `ext` (".json", ".md", ".png").
 

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from gain import differences, sample_sd, train_once, validate  # noqa: I001  (gain sets sys.path and offline defaults)
 from common import (Method, code_version, command_line, finite, git_commit, machine_label, machine_record,
-                    other_machine, output_file)
+                    other_machine, output_file, train_overrides)
 from recipes import STUDENT, TASKS, select_task
 
 from distill.checkpoints import read_checkpoint
@@ -144,23 +144,7 @@ def plot(result: dict, path: Path) -> None:
 
 # train arguments this script sets itself, from its own options
 OWN_OPTIONS = {"imgsz": "--imgsz", "epochs": "--epochs", "teacher_epochs": "--epochs with --teacher",
-               "seed": "--seeds / --first-seed", "data": "--data"}
-
-
-def train_overrides(pairs: list[str]) -> dict:
-    """['mosaic=1.0', 'lr0=0.01'] -> {'mosaic': 1.0, 'lr0': 0.01}; ValueError on an item without '=', or on one of
-    the arguments this script's own options set."""
-    from ultralytics.cfg import smart_value
-
-    out = {}
-    for pair in pairs:
-        key, eq, value = pair.partition("=")
-        if not eq or not key:
-            raise ValueError(f"--set {pair!r}: write train arguments as key=value, e.g. mosaic=1.0.")
-        if key in OWN_OPTIONS:
-            raise ValueError(f"--set {key}: use {OWN_OPTIONS[key]} instead.")
-        out[key] = smart_value(value)
-    return out
+               "seed": "--seeds / --first-seed", "data": "--data", "model": "--model", "device": "--device"}
 
 
 def teacher_run(task, epochs: int, device: str | None, model: str = DEMO_TEACHER) -> dict:
@@ -208,7 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError:
         p.error(f"--epochs must be comma-separated integers, got {a.epochs!r}")
     try:
-        task = select_task("quick" if a.quick else a.task, a.data, imgsz=a.imgsz, **train_overrides(a.set))
+        task = select_task("quick" if a.quick else a.task, a.data, imgsz=a.imgsz,
+                           **train_overrides(a.set, OWN_OPTIONS))
     except ValueError as e:
         p.error(str(e))
     if a.teacher:

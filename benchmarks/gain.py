@@ -28,7 +28,7 @@ from pathlib import Path
 
 # common before the rest: it sets sys.path and the offline defaults
 from common import (Method, code_version, command_line, finite, git_commit, machine_label,  # noqa: I001
-                    machine_record, output_file, parse_methods)
+                    machine_record, output_file, parse_methods, train_overrides)
 from recipes import STUDENT, TASKS, YOLO_TASKS, checkpoint_task, select_task, task_model
 
 import torch
@@ -320,6 +320,12 @@ def given_teacher_problem(path: str, task, teacher_epochs: int | None) -> str | 
     return f"{problem}, so its mAP (and the gap closed) would mean nothing here." if problem else None
 
 
+# train arguments this script sets itself, from its own options
+OWN_OPTIONS = {"imgsz": "--imgsz", "epochs": "--epochs", "teacher_epochs": "--teacher-epochs",
+               "seed": "--seeds / --first-seed", "data": "--data", "model": "--student", "device": "--device", "distill_model": "--methods builtin",
+               "dis": "--methods builtin:dis=<weight>"}
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", default="short", choices=list(TASKS), help="the recipe (benchmarks/recipes.py)")
@@ -335,6 +341,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--imgsz", type=int, default=None, help="with --data: image size (default: the recipe's)")
     p.add_argument("--epochs", type=int, default=None, help="with --data: student epochs (default: the recipe's)")
     p.add_argument("--teacher-epochs", type=int, default=None, help="with --data: teacher epochs (default: the recipe's)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="with --data: Ultralytics train arguments that replace the recipe's in every run, baseline "
+                   "and distilled alike, e.g. mosaic=1.0 (and in a teacher the recipe trains; a --teacher file is used "
+                   "as it is)")
     p.add_argument("--teacher", nargs="+", default=None, help="trained teacher checkpoint(s) (.pt) instead of the "
                    "recipe's cached yolov8s: your own, a pre-trained one, or one trained elsewhere (e.g. on a GPU). "
                    "Several: every distilled method uses all, unless its spec picks some (kl:teachers=2)")
@@ -359,7 +369,7 @@ def main(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv)
     try:
         task = select_task("quick" if a.quick else a.task, a.data, a.yolo_task, imgsz=a.imgsz, epochs=a.epochs,
-                           teacher_epochs=a.teacher_epochs)
+                           teacher_epochs=a.teacher_epochs, **train_overrides(a.set, OWN_OPTIONS))
     except ValueError as e:
         p.error(str(e))
     if a.keep and Path(a.keep).exists() and not Path(a.keep).is_dir():
@@ -392,7 +402,7 @@ def main(argv: list[str] | None = None) -> dict:
     if given == ".pt" and not Path(a.student).is_file():
         p.error(f"--student {a.student}: no such checkpoint. Give a model .yaml or a .pt file on disk.")
     # Given teachers' and students' results never overwrite the recipe's own.
-    suffix = "" if a.student is None else f"_student-{Path(a.student).stem}"
+    suffix = "".join(f"_{pair}" for pair in a.set) + ("" if a.student is None else f"_student-{Path(a.student).stem}")
     a.student = a.student or task_model(STUDENT, task.yolo_task)
     try:  # a checkpoint is read once, for its task: a corrupt file is a one-line error, not a traceback
         student_task = checkpoint_task(a.student) if given == ".pt" else PlainYOLO(a.student).task

@@ -56,6 +56,8 @@ def merge(results: list[dict], sources: list[str], allow_unrecorded: bool = Fals
             raise SystemExit(f"{source} does not record its {', '.join(missing)}: it cannot be shown to be the same "
                              "code as the others. Re-run it, or pass --allow-unrecorded to pool it anyway.")
         differ = [k for k in SAME_TASK if meta.get(k) != first.get(k)]
+        # the train arguments (e.g. a --set mosaic=1.0); older results may not record them
+        differ += ["recipe"] if None not in (meta.get("recipe"), first.get("recipe")) and meta["recipe"] != first["recipe"] else []
         if differ:
             raise SystemExit(f"{source} is a different task from {sources[0]} ({', '.join(differ)} differ).")
         prints = prints_of(meta)

@@ -259,6 +259,9 @@ def test_convergence_teacher_of_another_model_with_train_overrides(tmp_path, dat
     done = _run("convergence.py", "--data", data_yaml, "--set", "imgsz=96", "--epochs", "1", "--out",
                 str(tmp_path / "bad"), env=env, rc=2)
     assert "--set imgsz: use --imgsz instead" in done.stderr and not (tmp_path / "bad.json").exists()
+    done = _run("convergence.py", "--data", data_yaml, "--set", "distill_weight=4", "--epochs", "1", "--out",
+                str(tmp_path / "bad"), env=env, rc=2)
+    assert "not an Ultralytics train argument" in done.stderr and not (tmp_path / "bad.json").exists()
 
 
 def test_the_bccd_recipe_by_name_is_the_long_one_with_a_mosaic_teacher(tmp_path, data_yaml):
@@ -469,6 +472,37 @@ def test_gain_with_a_given_teacher(tmp_path, data_yaml, teacher_pt):
                            (("--methods", "baseline:lr0=0.1;kl", "--out", "x"), "takes no options"),
                            (("--methods", "kl", "--no-baseline", "--equal-time", "--out", "x"), "drop --no-baseline")):
         assert message in _run("gain.py", *common, *flags, rc=2, env=env).stderr
+
+
+def test_gain_with_train_overrides(tmp_path, data_yaml, teacher_pt):
+    """--set replaces recipe arguments in every run, baseline and distilled alike (e.g. a mosaic student): each
+    run's args.yaml has them, the results' recipe records them, and a slice without them never pools with them.
+    Keys the script sets itself, and keys that are no Ultralytics train argument, fail before anything trains."""
+    from ultralytics.utils import YAML
+
+    common = ("--data", data_yaml, "--task", "quick", "--teacher", teacher_pt, "--epochs", "1", "--seeds", "1")
+    out, kept = tmp_path / "mosaic", tmp_path / "kept"
+    _run("gain.py", *common, "--set", "mosaic=1.0", "close_mosaic=0", "--methods", "baseline;kl", "--out", str(out),
+         "--keep", str(kept))
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert (result["meta"]["recipe"]["mosaic"], result["meta"]["recipe"]["close_mosaic"]) == (1.0, 0)
+    for method in ("baseline", "kl"):
+        args = YAML.load(Path(result["methods"][method]["runs"][0]["run"]) / "args.yaml")
+        assert (args["mosaic"], args["close_mosaic"]) == (1.0, 0)
+    assert result["methods"]["kl"]["runs"][0]["train_losses"]["kl_loss"][0] > 0
+    plain = tmp_path / "plain"
+    _run("gain.py", *common, "--methods", "kl", "--no-baseline", "--out", str(plain))
+    assert json.loads(plain.with_suffix(".json").read_text())["meta"]["recipe"]["mosaic"] == 0.0
+    done = _run("gain_merge.py", str(out.with_suffix(".json")), str(plain.with_suffix(".json")), "--out",
+                str(tmp_path / "pooled"), rc=1)
+    assert "recipe differ" in done.stderr and not (tmp_path / "pooled.json").exists()
+    for pair, message in (("imgsz=96", "--set imgsz: use --imgsz instead"), ("seed=3", "use --seeds / --first-seed"),
+                          ("dis=3", "use --methods builtin:dis=<weight>"), ("mosaic", "key=value"),
+                          ("kl_weight=2", "not an Ultralytics train argument"),
+                          ("mosiac=1.0", "not an Ultralytics train argument")):
+        done = _run("gain.py", *common, "--set", pair, "--methods", "baseline;kl", "--out", str(tmp_path / "bad"), rc=2)
+        assert message in done.stderr and not list(tmp_path.glob("bad*"))
+    assert "go with --data" in _run("gain.py", "--quick", "--set", "mosaic=1.0", rc=2).stderr
 
 
 def test_gain_from_a_pretrained_student(tmp_path, data_yaml, teacher_pt):
