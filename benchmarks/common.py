@@ -85,12 +85,18 @@ def parse_methods(text: str, baseline: bool = True) -> list[Method]:
 OUTPUT_SUFFIXES = (".json", ".md", ".png")
 
 
+# Ultralytics arguments a --set may not replace: the benchmarks set them for every run, or they change what a run is
+# (another mode or task, no validation curve, no best.pt, a time budget instead of epochs, a config file's recipe).
+HARNESS_KEYS = ("project", "name", "exist_ok", "plots", "deterministic", "verbose", "task", "mode", "cfg", "resume",
+                "time", "val", "save", "save_period")
+
+
 def train_overrides(pairs: list[str], own: dict[str, str]) -> dict[str, Any]:
     """--set ['mosaic=1.0', 'lr0=0.01'] -> {'mosaic': 1.0, 'lr0': 0.01}: Ultralytics train arguments replacing a
-    recipe's. ValueError on an item without '=', on a key that is no Ultralytics train argument (a typo, or a
-    distillation setting: those belong to a method's spec) and on one of `own` ({key: the script's option that sets
-    it})."""
-    from ultralytics.cfg import smart_value
+    recipe's. ValueError on an item without '=', a key given twice, a key that is no Ultralytics argument (a typo,
+    or a distillation setting: those belong to a method's spec), one of `own` ({key: the script's option that sets
+    it}) or HARNESS_KEYS, and a value of the wrong type."""
+    from ultralytics.cfg import check_cfg, smart_value
     from ultralytics.utils import DEFAULT_CFG_PATH, YAML
 
     known = YAML.load(DEFAULT_CFG_PATH)  # Ultralytics' own arguments, before distill registered any of ours
@@ -101,11 +107,26 @@ def train_overrides(pairs: list[str], own: dict[str, str]) -> dict[str, Any]:
             raise ValueError(f"--set {pair!r}: write train arguments as key=value, e.g. mosaic=1.0.")
         if key in own:
             raise ValueError(f"--set {key}: use {own[key]} instead.")
+        if key in HARNESS_KEYS:
+            raise ValueError(f"--set {key}: the benchmark sets it for every run (or it would change what a run is); "
+                             "give recipe arguments only, e.g. mosaic=1.0 or lr0=0.01.")
         if key not in known:
             raise ValueError(f"--set {key}: not an Ultralytics train argument (distillation settings go in a "
                              "method's spec, e.g. --methods 'cwd+kl:distill_weight=4').")
+        if key in out:
+            raise ValueError(f"--set {key}: given twice; give it once.")
         out[key] = smart_value(value)
+    try:
+        check_cfg(dict(out))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"--set: {e}") from None
     return out
+
+
+def overrides_tag(overrides: dict[str, Any]) -> str:
+    """'_close_mosaic=0_mosaic=1.0' for {'mosaic': 1.0, 'close_mosaic': 0}: a result name's mark of its --set,
+    the same whatever order they were given in."""
+    return "".join(f"_{key}={str(value).replace('/', '-')}" for key, value in sorted(overrides.items()))
 
 
 def output_file(out: str | Path, ext: str) -> Path:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from gain import differences, sample_sd, train_once, validate  # noqa: I001  (gain sets sys.path and offline defaults)
 from common import (Method, code_version, command_line, finite, git_commit, machine_label, machine_record,
-                    other_machine, output_file, train_overrides)
+                    other_machine, output_file, overrides_tag, train_overrides)
 from recipes import STUDENT, TASKS, select_task
 
 from distill.checkpoints import read_checkpoint
@@ -192,8 +192,8 @@ def main(argv: list[str] | None = None) -> dict:
     except ValueError:
         p.error(f"--epochs must be comma-separated integers, got {a.epochs!r}")
     try:
-        task = select_task("quick" if a.quick else a.task, a.data, imgsz=a.imgsz,
-                           **train_overrides(a.set, OWN_OPTIONS))
+        replaced = train_overrides(a.set, OWN_OPTIONS)
+        task = select_task("quick" if a.quick else a.task, a.data, imgsz=a.imgsz, **replaced)
     except ValueError as e:
         p.error(str(e))
     if a.teacher:
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict:
             p.error(f"--model {a.model} is a {model.task} model; the {task.name} task trains {task.yolo_task} models.")
         weights = fingerprint(model)
     # A recipe changed by --set, or a teacher's own settings, never overwrite the recipe's own results.
-    changed = "".join(f"_{pair}" for pair in a.set) + (task.teacher_tag() if a.teacher else "")
+    changed = overrides_tag(replaced) + (task.teacher_tag() if a.teacher else "")
     name = Path(a.model).stem + (f"-{weights[:8]}" if weights else "")
     out = Path(a.out or f"benchmarks/results/convergence_{task.name}_{name}{changed}")
     n_train, n_val = task.split_sizes()

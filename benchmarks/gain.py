@@ -28,7 +28,7 @@ from pathlib import Path
 
 # common before the rest: it sets sys.path and the offline defaults
 from common import (Method, code_version, command_line, finite, git_commit, machine_label,  # noqa: I001
-                    machine_record, output_file, parse_methods, train_overrides)
+                    machine_record, output_file, overrides_tag, parse_methods, train_overrides)
 from recipes import STUDENT, TASKS, YOLO_TASKS, checkpoint_task, select_task, task_model
 
 import torch
@@ -368,8 +368,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--out", default=None, help="output prefix (default benchmarks/results/gain[_<task>])")
     a = p.parse_args(argv)
     try:
+        replaced = train_overrides(a.set, OWN_OPTIONS)
         task = select_task("quick" if a.quick else a.task, a.data, a.yolo_task, imgsz=a.imgsz, epochs=a.epochs,
-                           teacher_epochs=a.teacher_epochs, **train_overrides(a.set, OWN_OPTIONS))
+                           teacher_epochs=a.teacher_epochs, **replaced)
     except ValueError as e:
         p.error(str(e))
     if a.keep and Path(a.keep).exists() and not Path(a.keep).is_dir():
@@ -380,6 +381,9 @@ def main(argv: list[str] | None = None) -> dict:
         methods = parse_methods(a.methods, baseline=not a.no_baseline)
     except ValueError as e:
         p.error(f"--methods {a.methods}: {e}")
+    for m in methods:  # a train argument in both would reach Ultralytics twice, after the seed's baseline trained
+        if both := sorted(set(replaced) & set(m.overrides)):
+            p.error(f"--methods {m.spec}: {', '.join(both)} also given with --set; give it in one place.")
     if a.versus is not None and (problem := versus_problem(a.versus, [m.spec for m in methods])):
         p.error(f"--versus {a.versus}: {problem}")
     if a.no_baseline and not methods:
@@ -402,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict:
     if given == ".pt" and not Path(a.student).is_file():
         p.error(f"--student {a.student}: no such checkpoint. Give a model .yaml or a .pt file on disk.")
     # Given teachers' and students' results never overwrite the recipe's own.
-    suffix = "".join(f"_{pair}" for pair in a.set) + ("" if a.student is None else f"_student-{Path(a.student).stem}")
+    suffix = overrides_tag(replaced) + ("" if a.student is None else f"_student-{Path(a.student).stem}")
     a.student = a.student or task_model(STUDENT, task.yolo_task)
     try:  # a checkpoint is read once, for its task: a corrupt file is a one-line error, not a traceback
         student_task = checkpoint_task(a.student) if given == ".pt" else PlainYOLO(a.student).task
