@@ -146,6 +146,87 @@ def test_crosskd_is_zero_when_the_student_is_the_teacher_and_needs_the_detect_in
                                    project=project, name="cross1", **TRAIN)
 
 
+@pytest.mark.parametrize("loss_name,student,teacher", [("crosskd", "yolov8n.yaml", None),
+                                                       ("crosskd", "yolo26n.yaml", "yolo26s.yaml"),
+                                                       ("kl", "yolo26n.yaml", "yolo26s.yaml")])
+def test_head_terms_on_a_real_step_match_their_formulas(loss_name, student, teacher, data_yaml, teacher_pt, project):
+    """On a real training step, a head term equals an independent computation: the numpy reference of the `kl`
+    formula (LD for DFL heads, the decoded-box term for YOLO26's reg_max 1) between the teacher's own predictions
+    and, for `kl`, the student's head outputs, both branches of end-to-end heads summed; for CrossKD, the student's
+    Detect inputs (own hooks) through the trained connectors and the teacher's box and class convolutions, applied
+    here by hand, on the dense branch. CrossKD's gradient alone reaches the connectors, the student's neck and
+    backbone but not the student's own head; the teacher gets none, stays bitwise unchanged under an optimizer step,
+    and no teacher tensor is part of the student."""
+    from test_losses import ref_decoded_box, ref_kl
+
+    # Temperatures other than the defaults: read from the arguments, and a float32 sum that stays well conditioned (at
+    # T 1, Tb 10 a one-epoch teacher's near-uniform bins give a 1e-4 term that float32 only gets to within 1 %).
+    trainer = DistillationTrainer(overrides=dict(model=student, data=data_yaml, Distillation=teacher or teacher_pt,
+                                                 loss_type=loss_name, **{f"{loss_name}_temperature": 4.0,
+                                                                         f"{loss_name}_box_temperature": 1.0},
+                                                 project=project, name="headref", **TRAIN))
+    trainer._setup_train()
+    distiller, model = trainer.distiller, trainer.model
+    t_model, s_head = distiller.teacher, model.model[-1]
+    t_head, loss = t_model.model[-1], distiller.losses[loss_name]
+    if getattr(t_head, "one2one_cv2", None) is not None:  # an untrained head's two branches are copies: tell them apart
+        with torch.no_grad():
+            for p in [*t_head.one2one_cv2.parameters(), *t_head.one2one_cv3.parameters()]:
+                p.mul_(1.5)
+    teacher_before = _snapshot(t_model)
+    model.train()
+    captured: dict[int, torch.Tensor] = {}
+    hooks = [model.model[i].register_forward_hook(lambda m, a, out, i=i: captured.__setitem__(i, out))
+             for i in [*s_head.f, len(model.model) - 1]]
+    batch = trainer.preprocess_batch(next(iter(trainer.train_loader)))
+    total, items = model(batch)
+    for h in hooks:
+        h.remove()
+
+    with torch.no_grad():
+        t_raw = t_model(batch["img"])[1]  # eval mode: (decoded, raw dict)
+        if loss_name == "crosskd":
+            aligned = [c(captured[i]) for c, i in zip(getattr(model, MODULES_ATTR)["connectors"], s_head.f)]
+            pairs = [({"boxes": torch.cat([t_head.cv2[k](x).flatten(2) for k, x in enumerate(aligned)], -1),
+                       "scores": torch.cat([t_head.cv3[k](x).flatten(2) for k, x in enumerate(aligned)], -1)},
+                      t_raw.get("one2many", t_raw))]
+        else:
+            s_raw = captured[len(model.model) - 1]  # train mode: the raw dict
+            pairs = [(s_raw[b], t_raw[b]) for b in ("one2many", "one2one")]
+    expected, cls_part = 0.0, 0.0
+    for s_out, t_out in pairs:
+        zs, bs = s_out["scores"].detach().double().numpy(), s_out["boxes"].detach().double().numpy()
+        zt, bt = t_out["scores"].double().numpy(), t_out["boxes"].double().numpy()
+        assert zs.shape == zt.shape and bs.shape == bt.shape and zs.shape[-1] == (64 // 8) ** 2 + 4**2 + 2**2
+        expected += ref_kl(zs, zt, bs, bt, loss.temperature, loss.box_temperature)  # LD is 0 for one bin
+        cls_part += ref_kl(zs, zt, bt, bt, loss.temperature, loss.box_temperature)  # the teacher's boxes: no box term
+        if t_head.reg_max == 1:
+            expected += ref_decoded_box(bs, bt, zt, loss.box_weight)
+    assert (loss.temperature, loss.box_temperature) == (4.0, 1.0)
+    assert distiller.settings.weight == loss.box_weight == distiller.factor == 1.0
+    assert float(items[f"{loss_name}_loss"]) == pytest.approx(loss.weight * expected, rel=1e-3)
+    assert expected - cls_part > 0.05 * expected  # the box term counts in the comparison, and so does the class term
+    if not (loss_name == "crosskd" and t_head.reg_max == 1):  # but where an untrained YOLO26 teacher's class convolutions
+        assert cls_part > 0.05 * expected  # give their bias prior whatever maps they are fed
+    if loss_name != "crosskd":
+        return
+
+    trainer.optimizer.zero_grad()
+    total[3].backward()  # the CrossKD term alone (box, cls, dfl come first)
+    assert all(p.grad is None for p in t_model.parameters())
+
+    def moved(module: torch.nn.Module) -> bool:
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
+
+    assert all(moved(model.model[i]) for i in s_head.f) and moved(model.model[0])  # neck and backbone
+    assert moved(getattr(model, MODULES_ATTR)["connectors"])
+    assert not moved(s_head)  # the student's own head is left to the ground truth
+    trainer.optimizer_step()
+    _assert_teacher_untouched(trainer, teacher_before)
+    t_storage = {p.data_ptr() for p in t_model.state_dict().values()}
+    assert not any(v.data_ptr() in t_storage for v in model.state_dict().values())
+
+
 def _record_items(monkeypatch) -> list[dict[str, float]]:
     """The distillation terms of every training step, as they entered the loss vector (the criterion's last
     n entries divided by the batch size), checked against the items it reports for logging."""
