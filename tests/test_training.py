@@ -103,7 +103,7 @@ def test_spatial_attention_sees_the_students_own_channels_beside_a_connector_los
 
 def test_the_last_epochs_train_without_the_teacher(data_yaml, teacher_pt, project, monkeypatch):
     """distill_off_epochs=1 of 3: epochs 1-2 distil, epoch 3 trains on the detection loss alone and the teacher never
-    runs in it; results.csv keeps the column (0 in the tail)."""
+    runs in it; results.csv keeps every term's column (0 in the tail)."""
     from distill.features import FeatureRecorder
 
     runs = []
@@ -112,12 +112,13 @@ def test_the_last_epochs_train_without_the_teacher(data_yaml, teacher_pt, projec
     epochs = []
     model = YOLO("yolov8n.yaml")
     model.add_callback("on_train_epoch_end", lambda tr: epochs.append(len(runs)))
-    model.train(data=data_yaml, Distillation=teacher_pt, loss_type="cwd", distill_off_epochs=1, project=project,
+    model.train(data=data_yaml, Distillation=teacher_pt, loss_type="cwd+kl", distill_off_epochs=1, project=project,
                 name="tail", **{**TRAIN, "epochs": 3})
     # teacher forwards per epoch (the first count also holds the set-up's shape probes): 2 batches, 2, then none
     assert epochs[1] - epochs[0] == 2 and epochs[2] == epochs[1]
-    column = [float(r["train/cwd_loss"]) for r in _results(model.trainer.save_dir)]
-    assert column[0] > 0 and column[1] > 0 and column[2] == 0
+    for name in ("cwd", "kl"):  # every term, feature and head alike
+        column = [float(r[f"train/{name}_loss"]) for r in _results(model.trainer.save_dir)]
+        assert column[0] > 0 and column[1] > 0 and column[2] == 0, name
     assert torch.load(model.trainer.last, map_location="cpu", weights_only=False)["distill"]["off_epochs"] == 1
 
 
