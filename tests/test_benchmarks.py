@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import io
 import json
 import math
 import os
@@ -23,10 +26,31 @@ METHODS = "baseline;cwd;mgd;mimic;kl;cwd+kl;builtin"
 
 
 def _run(script: str, *args: str, env: dict | None = None, rc: int = 0) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True,
-                          cwd=ROOT, env={**os.environ, **(env or {})})
+    """`python benchmarks/<script> args` from the repository root, its exit code checked. Pooling and refusals
+    (exit 2, argparse's) run in this process: a fresh interpreter spends seconds importing torch and Ultralytics,
+    which over dozens of calls is minutes of the suite."""
+    if env is None and (script == "gain_merge.py" or rc == 2):
+        done = _in_process(script, list(args))
+    else:
+        done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
+                              text=True, cwd=ROOT, env={**os.environ, **(env or {})})
     assert done.returncode == rc, done.stdout[-2000:] + done.stderr[-3000:]
     return done
+
+
+def _in_process(script: str, argv: list[str]) -> subprocess.CompletedProcess:
+    """The script's main(argv) with its printed output and exit code as a subprocess would give them (a SystemExit
+    message goes to stderr with code 1, as the interpreter does)."""
+    main = importlib.import_module(Path(script).stem).main
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(argv)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else int(e.code is not None)
+            if isinstance(e.code, str):
+                print(e.code, file=sys.stderr)
+    return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
 
 
 def _rows(values: dict[int, float]) -> list[dict]:
