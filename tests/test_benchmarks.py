@@ -26,11 +26,12 @@ from gain import equal_time_epochs, paired, summarise  # noqa: E402
 METHODS = "baseline;mgd;kl;cwd+kl;builtin"
 
 
-def _run(script: str, *args: str, env: dict | None = None, rc: int = 0) -> subprocess.CompletedProcess:
+def _run(script: str, *args: str, env: dict | None = None, rc: int = 0,
+         fresh: bool = False) -> subprocess.CompletedProcess:
     """`python benchmarks/<script> args` from the repository root, its exit code checked. Pooling and refusals
-    (exit 2, argparse's) run in this process: a fresh interpreter spends seconds importing torch and Ultralytics,
-    which over dozens of calls is minutes of the suite."""
-    if env is None and (script == "gain_merge.py" or rc == 2):
+    (exit 2, argparse's) run in this process unless `fresh`: a fresh interpreter spends seconds importing torch and
+    Ultralytics, which over dozens of calls is minutes of the suite."""
+    if not fresh and env is None and (script == "gain_merge.py" or rc == 2):
         done = _in_process(script, list(args))
     else:
         done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
@@ -44,13 +45,17 @@ def _in_process(script: str, argv: list[str]) -> subprocess.CompletedProcess:
     message goes to stderr with code 1, as the interpreter does)."""
     main = importlib.import_module(Path(script).stem).main
     out, err, code = io.StringIO(), io.StringIO(), 0
-    with contextlib.chdir(ROOT), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
+    here = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             main(argv)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else int(e.code is not None)
-            if isinstance(e.code, str):
-                print(e.code, file=sys.stderr)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else int(e.code is not None)
+        if isinstance(e.code, str):
+            err.write(e.code + "\n")
+    finally:
+        os.chdir(here)
     return subprocess.CompletedProcess([script, *argv], code, out.getvalue(), err.getvalue())
 
 
@@ -660,7 +665,8 @@ def test_gain_merge_pools_seeds_and_methods_and_refuses_mixed_code(tmp_path):
         paths[name] = tmp_path / f"{name}.json"
         paths[name].write_text(json.dumps(res))
     out = tmp_path / "merged"
-    _run("gain_merge.py", str(paths["first"]), str(paths["slice"]), str(paths["sweep"]), "--out", str(out))
+    _run("gain_merge.py", str(paths["first"]), str(paths["slice"]), str(paths["sweep"]), "--out", str(out),
+         fresh=True)  # once as a user runs it: its own interpreter, its own imports
     merged = json.loads(out.with_suffix(".json").read_text())
     assert merged["meta"]["seed_list"] == [0, 1, 2, 3] and list(merged["methods"]) == ["baseline", "kl", "mgd"]
     kl = merged["methods"]["kl"]

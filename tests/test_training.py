@@ -156,7 +156,7 @@ def test_head_terms_on_a_real_step_match_their_formulas(loss_name, student, teac
     and, for `kl`, the student's head outputs, both branches of end-to-end heads summed; for CrossKD, the student's
     Detect inputs (own hooks) through the trained connectors and the teacher's box and class convolutions, applied
     here by hand, on the dense branch. CrossKD's gradient alone reaches the connectors, the student's neck and
-    backbone but not the student's own head; the teacher gets none, stays bitwise unchanged under an optimizer step,
+    backbone but not the student's own head; the teacher stays bitwise unchanged under an optimizer step, outside the optimizer,
     and no teacher tensor is part of the student."""
     from test_losses import ref_decoded_box, ref_kl
 
@@ -170,10 +170,13 @@ def test_head_terms_on_a_real_step_match_their_formulas(loss_name, student, teac
     distiller, model = trainer.distiller, trainer.model
     t_model, s_head = distiller.teacher, model.model[-1]
     t_head, loss = t_model.model[-1], distiller.losses[loss_name]
-    if getattr(t_head, "one2one_cv2", None) is not None:  # an untrained head's two branches are copies: tell them apart
-        with torch.no_grad():
-            for p in [*t_head.one2one_cv2.parameters(), *t_head.one2one_cv3.parameters()]:
-                p.mul_(1.5)
+    # An untrained end-to-end head's two branches are copies: scale each model's one-to-one branch its own way, so that
+    # comparing the wrong branches (or crossing them) gives another value.
+    for head, factor in ((t_head, 1.5), (s_head, 0.5)):
+        if getattr(head, "one2one_cv2", None) is not None:
+            with torch.no_grad():
+                for p in [*head.one2one_cv2.parameters(), *head.one2one_cv3.parameters()]:
+                    p.mul_(factor)
     teacher_before = _snapshot(t_model)
     model.train()
     captured: dict[int, torch.Tensor] = {}
@@ -205,6 +208,7 @@ def test_head_terms_on_a_real_step_match_their_formulas(loss_name, student, teac
             expected += ref_decoded_box(bs, bt, zt, loss.box_weight)
     assert (loss.temperature, loss.box_temperature) == (4.0, 1.0)
     assert distiller.settings.weight == loss.box_weight == distiller.factor == 1.0
+    assert loss.weight == {"crosskd": 1.0, "kl": 0.5}[loss_name]  # the documented defaults
     assert float(items[f"{loss_name}_loss"]) == pytest.approx(loss.weight * expected, rel=1e-3)
     assert expected - cls_part > 0.05 * expected  # the box term counts in the comparison, and so does the class term
     if not (loss_name == "crosskd" and t_head.reg_max == 1):  # but where an untrained YOLO26 teacher's class convolutions
@@ -214,7 +218,6 @@ def test_head_terms_on_a_real_step_match_their_formulas(loss_name, student, teac
 
     trainer.optimizer.zero_grad()
     total[3].backward()  # the CrossKD term alone (box, cls, dfl come first)
-    assert all(p.grad is None for p in t_model.parameters())
 
     def moved(module: torch.nn.Module) -> bool:
         return any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.parameters())
