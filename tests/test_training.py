@@ -156,8 +156,8 @@ def test_head_terms_on_a_real_step_match_their_formulas(loss_name, student, teac
     and, for `kl`, the student's head outputs, both branches of end-to-end heads summed; for CrossKD, the student's
     Detect inputs (own hooks) through the trained connectors and the teacher's box and class convolutions, applied
     here by hand, on the dense branch. CrossKD's gradient alone reaches the connectors, the student's neck and
-    backbone but not the student's own head; the teacher stays bitwise unchanged under an optimizer step, outside the optimizer,
-    and no teacher tensor is part of the student."""
+    backbone but not the student's own head; the teacher stays outside the optimizer and bitwise unchanged under an
+    optimizer step, and no teacher tensor is part of the student."""
     from test_losses import ref_decoded_box, ref_kl
 
     # Temperatures other than the defaults: read from the arguments, and a float32 sum that stays well conditioned (at
